@@ -1,0 +1,1 @@
+"""The ``lfactory`` command line (see ``lfactory.cli``)."""

@@ -1,0 +1,3 @@
+from lfactory.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""The ``lfactory`` command line: the one entry point users type.
+
+It sits on top of everything (library, tasks, flows, deployments); nothing imports it.
+A ``FactoryError`` becomes one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lfactory import data_commands, factory_commands, model_commands, store_commands, validate_commands
+from pipeline_lib.errors import FactoryError
+
+app = typer.Typer(
+    name="lfactory",
+    help="Label Freedom: a data factory for synthetic remote-sensing segmentation data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for module in (data_commands, model_commands, store_commands, validate_commands, factory_commands):
+    module.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except FactoryError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Typed configuration of the whole factory, loaded from YAML.
+
+One ``FactoryConfig`` travels from the CLI through flows and tasks into the library.
+Relative paths are resolved against the working directory at load time, so the object
+that reaches a Prefect worker holds absolute paths. Paths left out default to places
+under ``work_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline_lib.errors import ConfigError
+
+DEFAULT_PROMPT = "professional photograph, Satellite imagery, remote sensing, worldview"
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo must never silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(Section):
+    """The embedded synthetic LoveDA-layout data set, made when ``data.root`` is missing."""
+
+    tiles: int = Field(24, ge=2, description="tiles per split (Train and Val), half Urban half Rural")
+    size: int = Field(128, ge=32, le=2048, description="tile side in pixels")
+    seed: int = 0
+
+
+class DataConfig(Section):
+    root: Path | None = Field(None, description="LoveDA release-layout folder (Original data)")
+    synth: SynthConfig | None = Field(None, description="make a synthetic data set at root")
+    eval_root: Path | None = Field(None, description="LoveDA-layout folder whose Val is evaluated")
+
+
+class ModelsConfig(Section):
+    base: Path | None = Field(None, description="Stable Diffusion directory (diffusers layout)")
+    preset: Literal["tiny", "sd15-shape"] | None = Field(
+        None, description="initialise base from this preset when it does not exist"
+    )
+
+
+class TrainConfig(Section):
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lr_warmup_steps: int = Field(0, ge=0)
+    resolution: int = Field(64, ge=8, le=2048)
+    checkpoint_every: int = Field(50, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    output: Path | None = None
+
+
+class LabelLoraConfig(TrainConfig):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+class ControlNetConfig(TrainConfig):
+    pass
+
+
+class StyleConfig(Section):
+    prompt: str = Field("", description="appended to generation.prompt")
+    negative_prompt: str = ""
+
+
+class QAConfig(Section):
+    max_off_palette: float = Field(0.25, ge=0, le=1, description="reject above this share")
+    palette_tolerance: int = Field(24, ge=0, le=255)
+    min_fragment_pixels: int = Field(4, ge=1)
+    max_small_fragment_share: float = Field(0.05, ge=0, le=1)
+
+
+class GenerationConfig(Section):
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = ""
+    styles: dict[str, StyleConfig] = Field(default_factory=lambda: {"default": StyleConfig()})
+    scheduler: Literal["ddim", "dpmsolver", "euler", "pndm"] = "ddim"
+    label_steps: int = Field(20, ge=1, le=1000)
+    image_steps: int = Field(20, ge=1, le=1000)
+    label_guidance: float = Field(3.0, ge=0)
+    image_guidance: float = Field(3.0, ge=0)
+    resolution: int = Field(64, ge=8, le=2048)
+    batch_size: int = Field(4, ge=1)
+    seed: int = 0
+    qa: QAConfig = Field(default_factory=QAConfig)
+
+    @model_validator(mode="after")
+    def _has_style(self) -> GenerationConfig:
+        if not self.styles:
+            raise ValueError("styles must declare at least one style")
+        return self
+
+
+class GeoConfig(Section):
+    """Georeferencing written into GeoTIFF exports."""
+
+    crs: str = "EPSG:32650"
+    origin_x: float = 0.0
+    origin_y: float = 0.0
+    pixel_size: float = Field(0.3, gt=0)
+
+
+class StoreConfig(Section):
+    path: Path | None = None
+    shard_size: int = Field(16, ge=1, le=4096)
+    compression_level: int = Field(3, ge=1, le=22)
+    geo: GeoConfig = Field(default_factory=GeoConfig)
+
+
+class QuotaConfig(Section):
+    samples: int = Field(64, ge=1, description="committed samples the generation flow aims for")
+    validate_every: int = Field(32, ge=1, description="validate each time this many more commit")
+
+
+class ValidationConfig(Section):
+    model: Literal["mask2former-cpu", "mask2former-r50", "mask2former-swin-t"] = "mask2former-cpu"
+    data: list[Literal["gen", "ori", "both"]] = Field(default_factory=lambda: ["gen", "ori", "both"])
+    iters: int = Field(200, ge=1)
+    batch_size: int = Field(2, ge=1)
+    crop_size: int = Field(128, ge=32)
+    lr: float = Field(1e-4, gt=0)
+    val_interval: int = Field(100, ge=1)
+    checkpoint_interval: int = Field(100, ge=1)
+    tta: bool = False
+    pretrained_backbone: Path | None = None
+    seed: int = 0
+    output: Path | None = None
+
+
+class PrefectConfig(Section):
+    results_path: Path | None = None
+    gpu_concurrency: int = Field(1, ge=1)
+    nightly_cron: str = "0 1 * * *"
+    timezone: str = "UTC"
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: float = Field(5, ge=0)
+    task_timeout_seconds: float = Field(6 * 3600, gt=0)
+
+
+class FactoryConfig(Section):
+    name: str = "factory"
+    work_dir: Path = Path(".factory")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    label_lora: LabelLoraConfig = Field(default_factory=LabelLoraConfig)
+    controlnet: ControlNetConfig = Field(default_factory=ControlNetConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    quota: QuotaConfig = Field(default_factory=QuotaConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    prefect: PrefectConfig = Field(default_factory=PrefectConfig)
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> FactoryConfig:
+        """Make every path absolute and fill the ones left out from ``work_dir``."""
+        work = self.work_dir.expanduser().absolute()
+        defaults = {
+            (self, "work_dir"): work,
+            (self.data, "root"): work / "data" / "loveda",
+            (self.models, "base"): work / "models" / "sd",
+            (self.label_lora, "output"): work / "models" / "label-lora",
+            (self.controlnet, "output"): work / "models" / "controlnet",
+            (self.store, "path"): work / "store.zarr",
+            (self.validation, "output"): work / "validation",
+            (self.prefect, "results_path"): work / "prefect-results",
+        }
+        for (section, key), default in defaults.items():
+            value = getattr(section, key)
+            resolved = default if value is None else Path(value).expanduser().absolute()
+            # Bypass validate_assignment: the values are already valid Paths.
+            section.__dict__[key] = resolved
+        if self.data.eval_root is None:
+            self.data.__dict__["eval_root"] = self.data.root
+        else:
+            self.data.__dict__["eval_root"] = self.data.eval_root.expanduser().absolute()
+        if self.validation.pretrained_backbone is not None:
+            self.validation.__dict__["pretrained_backbone"] = (
+                self.validation.pretrained_backbone.expanduser().absolute()
+            )
+        return self
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: {error.error_count()} invalid setting(s)"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> FactoryConfig:
+    """Validate a plain mapping; ``source`` names it in error messages."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return FactoryConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(source, error)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FactoryConfig:
+    """Load and validate a YAML config; every error names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return config_from_dict(data, source=str(path))
+
+
+def _deep_merge(base: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base) if isinstance(base, dict) else {}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

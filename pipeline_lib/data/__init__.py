@@ -1,0 +1,1 @@
+"""LoveDA classes and palette, LoveDA I/O, and synthetic landscapes."""

@@ -1,0 +1,52 @@
+"""LoveDA's classes, raw mask values and palette: the one source of truth.
+
+Raw values as released: 0 is no-data (ignored in training and metrics), 1..7 are the
+classes. mmsegmentation's LoveDADataset reduces 1..7 to 0..6 and 0 to 255.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LandCoverClass:
+    value: int
+    name: str
+    color: tuple[int, int, int]
+
+
+NO_DATA = 0
+# mmsegmentation's ignore index after reduce_zero_label.
+IGNORE_INDEX = 255
+
+CLASSES: tuple[LandCoverClass, ...] = (
+    LandCoverClass(1, "background", (255, 255, 255)),
+    LandCoverClass(2, "building", (255, 0, 0)),
+    LandCoverClass(3, "road", (255, 255, 0)),
+    LandCoverClass(4, "water", (0, 0, 255)),
+    LandCoverClass(5, "barren", (159, 129, 183)),
+    LandCoverClass(6, "forest", (0, 255, 0)),
+    LandCoverClass(7, "agriculture", (255, 195, 128)),
+)
+NUM_CLASSES = len(CLASSES)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+MAX_VALUE = CLASSES[-1].value
+NO_DATA_COLOR = (0, 0, 0)
+
+# Row v is the colour of raw value v (row 0: no-data, black, as in LoveDA's own masks).
+PALETTE = np.array([NO_DATA_COLOR, *(c.color for c in CLASSES)], dtype=np.uint8)
+PALETTE.setflags(write=False)
+
+VALUE_BY_NAME = {c.name: c.value for c in CLASSES}
+
+
+def class_fractions(mask: np.ndarray) -> dict[str, float]:
+    """Share of each class among the labelled (non-no-data) pixels of a raw mask."""
+    counts = np.bincount(np.asarray(mask).ravel(), minlength=MAX_VALUE + 1)[: MAX_VALUE + 1]
+    labelled = counts[1:].sum()
+    if labelled == 0:
+        return {name: 0.0 for name in CLASS_NAMES}
+    return {c.name: float(counts[c.value] / labelled) for c in CLASSES}

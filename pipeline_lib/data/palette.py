@@ -1,0 +1,78 @@
+"""Colourise LoveDA masks, read colour label images back, snap generated colours.
+
+The label generator works on colourised masks (Stable Diffusion sees RGB); these
+functions are the bridge in both directions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline_lib.data.classes import MAX_VALUE, PALETTE
+from pipeline_lib.errors import DataError
+
+
+def colourise(mask: np.ndarray) -> np.ndarray:
+    """Map a raw (H, W) mask with values 0..7 to an (H, W, 3) uint8 RGB image."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise DataError(f"a mask must be 2-D (H, W); got shape {mask.shape}")
+    if mask.size and int(mask.max()) > MAX_VALUE:
+        raise DataError(f"mask holds value {int(mask.max())}; LoveDA masks use 0..{MAX_VALUE}")
+    return PALETTE[mask]
+
+
+def _rgb_code(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.uint32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+_CODE_TO_VALUE = {int(code): value for value, code in enumerate(_rgb_code(PALETTE))}
+
+
+def decolourise(rgb: np.ndarray) -> np.ndarray:
+    """Exact inverse of :func:`colourise`; an off-palette colour is an error."""
+    rgb = _check_rgb(rgb)
+    codes = _rgb_code(rgb)
+    unique, inverse = np.unique(codes, return_inverse=True)
+    lookup = np.empty(len(unique), dtype=np.uint8)
+    for i, code in enumerate(unique):
+        if int(code) not in _CODE_TO_VALUE:
+            colour = ((code >> 16) & 255, (code >> 8) & 255, code & 255)
+            raise DataError(
+                f"colour {tuple(int(c) for c in colour)} is not in the LoveDA palette; "
+                "use snap_to_palette for generated labels"
+            )
+        lookup[i] = _CODE_TO_VALUE[int(code)]
+    return lookup[inverse].reshape(codes.shape)
+
+
+def snap_to_palette(rgb: np.ndarray, tolerance: int = 0) -> tuple[np.ndarray, float]:
+    """Snap each pixel to the nearest palette colour (Euclidean in RGB).
+
+    Returns the raw mask and the share of pixels that were off-palette, that is whose
+    largest channel difference from the chosen colour exceeds ``tolerance``.
+    """
+    rgb = _check_rgb(rgb)
+    pixels = rgb.reshape(-1, 3).astype(np.int32)
+    # (N, 8) squared distances; fine for tiles up to 1024^2 in chunks of rows.
+    values = np.empty(len(pixels), dtype=np.uint8)
+    off = 0
+    palette = PALETTE.astype(np.int32)
+    for start in range(0, len(pixels), 1 << 18):
+        chunk = pixels[start : start + (1 << 18)]
+        dist = ((chunk[:, None, :] - palette[None, :, :]) ** 2).sum(-1)
+        nearest = dist.argmin(1)
+        values[start : start + len(chunk)] = nearest
+        off += int((np.abs(chunk - palette[nearest]).max(1) > tolerance).sum())
+    share = off / len(pixels) if len(pixels) else 0.0
+    return values.reshape(rgb.shape[:2]), share
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise DataError(f"a colour label must be (H, W, 3); got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        raise DataError(f"a colour label must be uint8; got {rgb.dtype}")
+    return rgb
