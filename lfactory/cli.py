@@ -10,7 +10,13 @@ import sys
 
 import typer
 
-from lfactory import data_commands, factory_commands, model_commands, store_commands, validate_commands
+from lfactory import (
+    data_commands,
+    factory_commands,
+    model_commands,
+    store_commands,
+    validate_commands,
+)
 from pipeline_lib.errors import FactoryError
 
 app = typer.Typer(

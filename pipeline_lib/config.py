@@ -27,7 +27,9 @@ class Section(BaseModel):
 class SynthConfig(Section):
     """The embedded synthetic LoveDA-layout data set, made when ``data.root`` is missing."""
 
-    tiles: int = Field(24, ge=2, description="tiles per split (Train and Val), half Urban half Rural")
+    tiles: int = Field(
+        24, ge=2, description="tiles per split (Train and Val), half Urban half Rural"
+    )
     size: int = Field(128, ge=32, le=2048, description="tile side in pixels")
     seed: int = 0
 
@@ -43,6 +45,7 @@ class ModelsConfig(Section):
     preset: Literal["tiny", "sd15-shape"] | None = Field(
         None, description="initialise base from this preset when it does not exist"
     )
+    seed: int = Field(0, description="seed of the random initialisation from preset")
 
 
 class TrainConfig(Section):
@@ -56,6 +59,11 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     output: Path | None = None
+    empty_prompt_prob: float = Field(
+        0.1, ge=0, le=1, description="share of samples trained with an empty prompt (for CFG)"
+    )
+    max_grad_norm: float = Field(1.0, gt=0)
+    keep_checkpoints: int = Field(2, ge=1, description="resume checkpoints kept on disk")
 
 
 class LabelLoraConfig(TrainConfig):
@@ -92,6 +100,9 @@ class GenerationConfig(Section):
     resolution: int = Field(64, ge=8, le=2048)
     batch_size: int = Field(4, ge=1)
     seed: int = 0
+    max_attempts_per_sample: int = Field(
+        4, ge=1, description="a shard stops drawing after shard_size times this many labels"
+    )
     qa: QAConfig = Field(default_factory=QAConfig)
 
     @model_validator(mode="after")
@@ -124,7 +135,9 @@ class QuotaConfig(Section):
 
 class ValidationConfig(Section):
     model: Literal["mask2former-cpu", "mask2former-r50", "mask2former-swin-t"] = "mask2former-cpu"
-    data: list[Literal["gen", "ori", "both"]] = Field(default_factory=lambda: ["gen", "ori", "both"])
+    data: list[Literal["gen", "ori", "both"]] = Field(
+        default_factory=lambda: ["gen", "ori", "both"]
+    )
     iters: int = Field(200, ge=1)
     batch_size: int = Field(2, ge=1)
     crop_size: int = Field(128, ge=32)
@@ -165,17 +178,17 @@ class FactoryConfig(Section):
     def _resolve_paths(self) -> FactoryConfig:
         """Make every path absolute and fill the ones left out from ``work_dir``."""
         work = self.work_dir.expanduser().absolute()
-        defaults = {
-            (self, "work_dir"): work,
-            (self.data, "root"): work / "data" / "loveda",
-            (self.models, "base"): work / "models" / "sd",
-            (self.label_lora, "output"): work / "models" / "label-lora",
-            (self.controlnet, "output"): work / "models" / "controlnet",
-            (self.store, "path"): work / "store.zarr",
-            (self.validation, "output"): work / "validation",
-            (self.prefect, "results_path"): work / "prefect-results",
-        }
-        for (section, key), default in defaults.items():
+        defaults = [
+            (self, "work_dir", work),
+            (self.data, "root", work / "data" / "loveda"),
+            (self.models, "base", work / "models" / "sd"),
+            (self.label_lora, "output", work / "models" / "label-lora"),
+            (self.controlnet, "output", work / "models" / "controlnet"),
+            (self.store, "path", work / "store.zarr"),
+            (self.validation, "output", work / "validation"),
+            (self.prefect, "results_path", work / "prefect-results"),
+        ]
+        for section, key, default in defaults:
             value = getattr(section, key)
             resolved = default if value is None else Path(value).expanduser().absolute()
             # Bypass validate_assignment: the values are already valid Paths.
@@ -189,6 +202,25 @@ class FactoryConfig(Section):
                 self.validation.pretrained_backbone.expanduser().absolute()
             )
         return self
+
+    def for_style(self, style: str) -> FactoryConfig:
+        """This config narrowed to one declared style, writing its own store and reports.
+
+        An on-demand style run is its own data set: it never mixes into the nightly store.
+        """
+        if style not in self.generation.styles:
+            raise ConfigError(
+                f"style {style!r} is not declared under generation.styles "
+                f"(declared: {', '.join(sorted(self.generation.styles))})"
+            )
+        data = self.model_dump()
+        data["name"] = f"{self.name}-{style}"
+        data["generation"]["styles"] = {style: data["generation"]["styles"][style]}
+        data["store"]["path"] = self.store.path.with_name(f"{self.store.path.stem}-{style}.zarr")
+        data["validation"]["output"] = self.validation.output.with_name(
+            f"{self.validation.output.name}-{style}"
+        )
+        return FactoryConfig.model_validate(data)
 
 
 def _format_errors(source: str, error: ValidationError) -> str:

@@ -53,7 +53,9 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an RGB image as (H, W, 3) uint8; anything else is a DataError naming the file."""
     array = _read(path)
     if array.shape[0] != 3 or array.dtype != np.uint8:
-        raise DataError(f"{path}: image must be 8-bit RGB, found {array.shape[0]} band(s) {array.dtype}")
+        raise DataError(
+            f"{path}: image must be 8-bit RGB, found {array.shape[0]} band(s) {array.dtype}"
+        )
     return np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
@@ -61,11 +63,23 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Read a single-band 8-bit mask as (H, W) uint8 with raw LoveDA values."""
     array = _read(path)
     if array.shape[0] != 1 or array.dtype != np.uint8:
-        raise DataError(f"{path}: mask must be single-band 8-bit, found {array.shape[0]} band(s) {array.dtype}")
+        raise DataError(
+            f"{path}: mask must be single-band 8-bit, found {array.shape[0]} band(s) {array.dtype}"
+        )
     return array[0]
 
 
+# GDAL's PNG driver returns garbage pixels for a truncated file instead of failing,
+# so a PNG must end with its IEND chunk to count as complete.
+_PNG_END = b"IEND\xaeB`\x82"
+
+
 def _read(path: str | Path) -> np.ndarray:
+    if Path(path).suffix.lower() == ".png" and Path(path).is_file():
+        with open(path, "rb") as f:
+            f.seek(max(0, Path(path).stat().st_size - len(_PNG_END)))
+            if f.read() != _PNG_END:
+                raise DataError(f"{path}: unreadable or truncated (no PNG end chunk)")
     try:
         with _quiet_gdal(), rasterio.open(path) as src:
             return src.read()
@@ -79,10 +93,18 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     bands = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
-    with _quiet_gdal(), rasterio.open(
-        tmp, "w", driver="PNG", width=bands.shape[2], height=bands.shape[1],
-        count=bands.shape[0], dtype="uint8",
-    ) as dst:
+    with (
+        _quiet_gdal(),
+        rasterio.open(
+            tmp,
+            "w",
+            driver="PNG",
+            width=bands.shape[2],
+            height=bands.shape[1],
+            count=bands.shape[0],
+            dtype="uint8",
+        ) as dst,
+    ):
         dst.write(bands)
     os.replace(tmp, path)
 
@@ -92,8 +114,14 @@ def tile_paths(root: Path, split: str, scene: str, tile_id: str) -> tuple[Path, 
     return base / IMAGES / f"{tile_id}.png", base / MASKS / f"{tile_id}.png"
 
 
-def write_tile(root: str | Path, split: str, scene: str, tile_id: str,
-               image: np.ndarray, mask: np.ndarray | None) -> None:
+def write_tile(
+    root: str | Path,
+    split: str,
+    scene: str,
+    tile_id: str,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+) -> None:
     """Write one tile into a release-layout tree, creating folders as needed."""
     image_path, mask_path = tile_paths(Path(root), split, scene, tile_id)
     image_path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +146,15 @@ def list_tiles(root: str | Path, splits: Iterable[str] = SPLITS) -> list[Tile]:
                 continue
             for image_path in sorted(image_dir.glob("*.png"), key=lambda p: _sort_key(p.stem)):
                 mask_path = root / split / scene / MASKS / image_path.name
-                tiles.append(Tile(split, scene, image_path.stem, image_path,
-                                  mask_path if mask_path.is_file() else None))
+                tiles.append(
+                    Tile(
+                        split,
+                        scene,
+                        image_path.stem,
+                        image_path,
+                        mask_path if mask_path.is_file() else None,
+                    )
+                )
     return tiles
 
 
@@ -135,8 +170,10 @@ class CheckReport:
 
     def class_fractions(self) -> dict[str, float]:
         labelled = self.pixel_counts[1:].sum()
-        return {name: float(self.pixel_counts[i + 1] / labelled) if labelled else 0.0
-                for i, name in enumerate(CLASS_NAMES)}
+        return {
+            name: float(self.pixel_counts[i + 1] / labelled) if labelled else 0.0
+            for i, name in enumerate(CLASS_NAMES)
+        }
 
     def no_data_fraction(self) -> float:
         total = self.pixel_counts.sum()
@@ -158,12 +195,18 @@ def check_dataset(root: str | Path, progress: bool = False) -> CheckReport:
         split_tiles = 0
         scenes = [s for s in SCENES if (root / split / s).is_dir()]
         if not scenes:
-            problems.append(f"{root / split}: missing folder: no {' or '.join(SCENES)} scene inside")
+            problems.append(
+                f"{root / split}: missing folder: no {' or '.join(SCENES)} scene inside"
+            )
         for scene in scenes:
             base = root / split / scene
             image_dir, mask_dir = base / IMAGES, base / MASKS
             needs_masks = split != "Test"
-            missing = [d for d in (image_dir, mask_dir) if not d.is_dir() and (d is image_dir or needs_masks)]
+            missing = [
+                d
+                for d in (image_dir, mask_dir)
+                if not d.is_dir() and (d is image_dir or needs_masks)
+            ]
             for d in missing:
                 problems.append(f"{d}: missing folder")
             if missing:
@@ -171,10 +214,18 @@ def check_dataset(root: str | Path, progress: bool = False) -> CheckReport:
             images = {p.stem: p for p in image_dir.glob("*.png")}
             masks = {p.stem: p for p in mask_dir.glob("*.png")} if mask_dir.is_dir() else {}
             for stem in sorted(set(images) - set(masks) if needs_masks else (), key=_sort_key):
-                problems.append(f"{images[stem]}: image without mask (expected {mask_dir / (stem + '.png')})")
+                problems.append(
+                    f"{images[stem]}: image without mask (expected {mask_dir / (stem + '.png')})"
+                )
             for stem in sorted(set(masks) - set(images), key=_sort_key):
-                problems.append(f"{masks[stem]}: mask without image (expected {image_dir / (stem + '.png')})")
-            both = sorted(set(images) & set(masks), key=_sort_key) if needs_masks else sorted(images, key=_sort_key)
+                problems.append(
+                    f"{masks[stem]}: mask without image (expected {image_dir / (stem + '.png')})"
+                )
+            both = (
+                sorted(set(images) & set(masks), key=_sort_key)
+                if needs_masks
+                else sorted(images, key=_sort_key)
+            )
             for stem in both:
                 work.append((images[stem], masks.get(stem), split, scene))
             report.tiles[(split, scene)] = len(both)
@@ -206,8 +257,10 @@ def _check_pair(image_path: Path, mask_path: Path | None, report: CheckReport) -
     except DataError as error:
         return [str(error)]
     if mask.shape != image.shape[:2]:
-        return [f"{mask_path}: size {mask.shape[1]}x{mask.shape[0]} differs from its image "
-                f"{image.shape[1]}x{image.shape[0]}"]
+        return [
+            f"{mask_path}: size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+            f"{image.shape[1]}x{image.shape[0]}"
+        ]
     top = int(mask.max())
     if top > MAX_VALUE:
         bad = sorted(int(v) for v in np.unique(mask) if v > MAX_VALUE)
@@ -237,7 +290,9 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         raise
 
 
-def export_mmseg(root: str | Path, out: str | Path, splits: dict[str, str] = MMSEG_SPLITS) -> dict[str, int]:
+def export_mmseg(
+    root: str | Path, out: str | Path, splits: dict[str, str] = MMSEG_SPLITS
+) -> dict[str, int]:
     """Copy a release-layout data set into mmsegmentation's layout; returns tiles per split.
 
     Urban and Rural are merged; file names become ``<scene>_<id>.png`` so ids stay unique.
@@ -255,3 +310,13 @@ def export_mmseg(root: str | Path, out: str | Path, splits: dict[str, str] = MMS
                 shutil.copyfile(src, dst)
             counts[splits[tile.split]] += 1
     return dict(counts)
+
+
+def fingerprint(root: str | Path) -> str:
+    """A cheap identity of a data set's files (names and sizes) for cache keys."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*.png")):
+        digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,28 @@
+"""Test-wide settings: an isolated Prefect home, offline hubs, and the gpu marker."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports prefect or diffusers: results, caches and the SQLite database
+# of any server a test starts live in a throw-away folder, and nothing reaches a hub.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lfactory-test-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

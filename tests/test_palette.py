@@ -1,0 +1,73 @@
+"""Palette: colourise/decolourise are exact inverses; snapping scores off-palette pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline_lib.data.classes import PALETTE
+from pipeline_lib.data.palette import colourise, decolourise, snap_to_palette
+from pipeline_lib.errors import DataError
+
+
+def _random_mask(seed: int = 0, shape: tuple[int, int] = (48, 40)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 8, shape, dtype=np.uint8)
+
+
+def test_colourise_then_decolourise_gives_back_the_exact_mask() -> None:
+    mask = _random_mask()
+    rgb = colourise(mask)
+    assert rgb.shape == (*mask.shape, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(decolourise(rgb), mask)
+
+
+def test_colourise_uses_the_loveda_palette() -> None:
+    mask = np.arange(8, dtype=np.uint8).reshape(1, 8)
+    np.testing.assert_array_equal(colourise(mask)[0], PALETTE)
+    assert tuple(colourise(np.array([[2]], np.uint8))[0, 0]) == (255, 0, 0)  # building is red
+
+
+def test_colourise_rejects_values_above_7() -> None:
+    with pytest.raises(DataError, match="value 9"):
+        colourise(np.full((2, 2), 9, np.uint8))
+
+
+def test_decolourise_rejects_an_off_palette_colour() -> None:
+    rgb = colourise(_random_mask())
+    rgb[0, 0] = (1, 2, 3)
+    with pytest.raises(DataError, match=r"\(1, 2, 3\)"):
+        decolourise(rgb)
+
+
+def test_snap_reports_the_share_of_pixels_perturbed_beyond_tolerance() -> None:
+    mask = _random_mask(1, (40, 40))
+    rgb = colourise(mask).astype(np.int16)
+    rng = np.random.default_rng(2)
+    chosen = rng.permutation(mask.size)[: mask.size // 4]  # exactly 25 % of the pixels
+    flat = rgb.reshape(-1, 3)
+    # Move one channel by 30 (beyond a tolerance of 24), towards the middle of the range,
+    # which keeps every perturbed pixel nearest to its own class.
+    flat[chosen, 1] += np.where(flat[chosen, 1] > 127, -30, 30)
+    snapped, share = snap_to_palette(rgb.astype(np.uint8), tolerance=24)
+    assert share == pytest.approx(0.25)
+    np.testing.assert_array_equal(snapped, mask)
+    _, share_loose = snap_to_palette(rgb.astype(np.uint8), tolerance=30)
+    assert share_loose == 0.0
+
+
+def test_snap_picks_the_nearest_class_colour() -> None:
+    rgb = np.array(
+        [[[250, 10, 5], [10, 240, 20], [20, 20, 200], [255, 190, 120], [150, 130, 180]]],
+        np.uint8,
+    )
+    snapped, share = snap_to_palette(rgb, tolerance=0)
+    # building, forest, water, agriculture, barren
+    assert snapped.tolist() == [[2, 6, 4, 7, 5]]
+    assert share == 1.0
+
+
+def test_snap_of_a_clean_label_is_exact_and_scores_zero() -> None:
+    mask = _random_mask(3)
+    snapped, share = snap_to_palette(colourise(mask))
+    np.testing.assert_array_equal(snapped, mask)
+    assert share == 0.0
