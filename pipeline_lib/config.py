@@ -64,6 +64,7 @@ class TrainConfig(Section):
     )
     max_grad_norm: float = Field(1.0, gt=0)
     keep_checkpoints: int = Field(2, ge=1, description="resume checkpoints kept on disk")
+    data_workers: int = Field(0, ge=0, description="DataLoader processes preparing batches")
 
 
 class LabelLoraConfig(TrainConfig):
@@ -102,6 +103,9 @@ class GenerationConfig(Section):
     seed: int = 0
     max_attempts_per_sample: int = Field(
         4, ge=1, description="a shard stops drawing after shard_size times this many labels"
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="weights and activations on CUDA; CPU always uses float32"
     )
     qa: QAConfig = Field(default_factory=QAConfig)
 

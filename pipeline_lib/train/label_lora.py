@@ -1,0 +1,107 @@
+"""Label generator: a LoRA on the UNet, trained on colourised masks.
+
+Sampling the LoRA'd UNet from noise yields new label maps. Only the LoRA weights learn;
+the objective is the standard SD one (see ``objective.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.models.checkpoint import ensure_base_models, load_sd_components, model_hash
+from pipeline_lib.train.datasets import Batch, PairSampler
+from pipeline_lib.train.objective import DiffusionLoss, training_prompt
+from pipeline_lib.train.resumable import (
+    TrainJob,
+    TrainSummary,
+    make_accelerator,
+    place,
+    run_training,
+    train_section_hash,
+    weight_dtype,
+)
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "default"
+
+
+def add_label_lora(unet: torch.nn.Module, cfg: FactoryConfig) -> None:
+    """Freeze the UNet and add the configured LoRA; LoRA init is seeded for exact reruns."""
+    lora = cfg.label_lora
+    unet.requires_grad_(False)
+    torch.manual_seed(lora.seed)
+    unet.add_adapter(
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(lora.target_modules),
+        ),
+        adapter_name=ADAPTER,
+    )
+
+
+def save_label_lora(unet: torch.nn.Module, output: Path) -> None:
+    """Save in diffusers' LoRA format; with metadata, so alpha != rank loads right."""
+    StableDiffusionPipeline.save_lora_weights(
+        output,
+        unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=ADAPTER),
+        unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict(),
+        safe_serialization=True,
+    )
+
+
+def train_label_lora(
+    cfg: FactoryConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True
+) -> TrainSummary:
+    """Train (or resume) the label LoRA into ``cfg.label_lora.output``."""
+    lora = cfg.label_lora
+    base = ensure_base_models(cfg)
+    accelerator = make_accelerator(cfg, lora)
+    dtype = weight_dtype(accelerator)
+    sd = load_sd_components(base)
+    for frozen in (sd.vae, sd.text_encoder):
+        place(frozen.requires_grad_(False).eval(), accelerator.device, dtype)
+    add_label_lora(sd.unet, cfg)
+    place(sd.unet, accelerator.device, dtype)
+    cast_training_params(sd.unet, dtype=torch.float32)
+
+    sampler = PairSampler(
+        cfg.data.root,
+        lora.resolution,
+        lora.seed,
+        with_images=False,
+        empty_prompt_prob=lora.empty_prompt_prob,
+    )
+    loss = DiffusionLoss(
+        cfg, sd, sampler, lora.seed, lora.batch_size, accelerator.device, dtype, use_label=True
+    )
+
+    def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
+        noisy, t, text, target = loss.inputs(batch)
+        prediction = job.model(noisy, t, encoder_hidden_states=text).sample
+        return loss.mse(prediction, target)
+
+    job = TrainJob(
+        kind="label-lora",
+        model=sd.unet,
+        batch=loss.batch,
+        loss=step_loss,
+        save_final=lambda out: save_label_lora(accelerator.unwrap_model(job.model), out),
+        samples_per_step=lora.batch_size * lora.grad_accum,
+        config_hash=train_section_hash(lora, training_prompt(cfg)),
+        base_model_hash=model_hash(base),
+        output=lora.output,
+    )
+    return run_training(
+        job, lora, accelerator, resume=resume, max_steps=max_steps, progress=progress
+    )

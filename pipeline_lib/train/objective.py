@@ -1,0 +1,106 @@
+"""The standard Stable Diffusion training objective, shared by both trainers.
+
+VAE latents of the target picture, noise at a random timestep, and the scheduler's
+target (epsilon or v) as the MSE target. Every random draw comes from a generator
+seeded per sample from (seed, step, sample index), which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.errors import CheckpointError
+from pipeline_lib.models.checkpoint import SDComponents
+from pipeline_lib.train.datasets import Batch, PairSampler
+
+
+def training_prompt(cfg: FactoryConfig) -> str:
+    """generation.prompt plus the first style's prompt: the text the models learn."""
+    style = next(iter(cfg.generation.styles.values()))
+    return ", ".join(p for p in (cfg.generation.prompt, style.prompt) if p)
+
+
+@torch.no_grad()
+def encode_prompts(
+    sd: SDComponents, prompts: list[str], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """CLIP hidden states (len(prompts), 77, D), as the SD pipeline computes them."""
+    ids = sd.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=sd.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return sd.text_encoder(ids.to(device))[0].to(dtype)
+
+
+class DiffusionLoss:
+    """Inputs and target of one micro-batch, deterministic per (seed, step, sample).
+
+    ``use_label`` picks what is noised: the colourised label (label generator) or the
+    aerial image (ControlNet, whose condition is the label).
+    """
+
+    def __init__(
+        self,
+        cfg: FactoryConfig,
+        sd: SDComponents,
+        sampler: PairSampler,
+        seed: int,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        use_label: bool,
+    ):
+        self.sd, self.sampler, self.seed, self.batch_size = sd, sampler, seed, batch_size
+        self.device, self.dtype, self.use_label = device, dtype, use_label
+        self.noise_scheduler = DDPMScheduler.from_config(sd.scheduler.config)
+        embeddings = encode_prompts(sd, [training_prompt(cfg), ""], device, dtype)
+        self.prompt, self.empty = embeddings[:1], embeddings[1:]
+
+    def batch(self, step: int, micro: int) -> Batch:
+        """The data of one micro-batch (run in DataLoader workers)."""
+        return self.sampler.batch(step, micro, self.batch_size)
+
+    def inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noisy latents, timesteps, text states and target of ``batch``."""
+        pixels = (batch.label * 2 - 1) if self.use_label else batch.image
+        with torch.no_grad():
+            dist = self.sd.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        shape = dist.mean.shape[1:]
+        steps = self.noise_scheduler.config.num_train_timesteps
+        draws = [self._draw(int(seed), shape, steps) for seed in batch.seeds]
+        sample, noise, t = (torch.stack(d).to(self.device) for d in zip(*draws, strict=True))
+        latents = (dist.mean + dist.std * sample.to(self.dtype)).float()
+        latents = latents * self.sd.vae.config.scaling_factor
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        keep = batch.keep_prompt.to(self.device)[:, None, None]
+        text = torch.where(keep, self.prompt, self.empty)
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            raise CheckpointError(
+                f"unsupported prediction_type {kind!r} in the base scheduler config"
+            )
+        return noisy.to(self.dtype), t, text, target
+
+    @staticmethod
+    def _draw(seed: int, shape: torch.Size, steps: int) -> tuple[torch.Tensor, ...]:
+        # Per-sample generators: the draws do not depend on how a step is split.
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        return (
+            torch.randn(shape, generator=gen),
+            torch.randn(shape, generator=gen),
+            torch.randint(0, steps, (), generator=gen),
+        )
+
+    @staticmethod
+    def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(prediction.float(), target.float(), reduction="mean")

@@ -1,0 +1,389 @@
+"""The training loop shared by the label LoRA and the ControlNet, with exact resume.
+
+Data and noise are pure functions of (seed, step), so a checkpoint needs only the
+trainable weights, optimizer, LR scheduler and step: a run stopped at step k and
+resumed ends with bit-identical weights to one that never stopped (on CPU).
+Checkpoints are written to a temporary folder and renamed, so a killed run never
+leaves a half-written one that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from diffusers.optimization import get_scheduler
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pipeline_lib.config import FactoryConfig, TrainConfig
+from pipeline_lib.errors import CheckpointError, ConfigError
+from pipeline_lib.models.checkpoint import model_hash
+from pipeline_lib.train.datasets import Batch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+SUMMARY = "training_summary.json"
+_STATE = "state.json"
+_WEIGHTS = "trainable.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a training run did; written as ``training_summary.json`` beside the weights."""
+
+    kind: str
+    output: str
+    steps: int
+    target_steps: int
+    complete: bool
+    final_loss: float | None
+    loss_curve: list[tuple[int, float]]
+    wall_time_s: float
+    samples_per_s: float
+    steps_per_s: float
+    config_hash: str
+    base_model_hash: str
+    resumed_from: int
+    seed: int
+    device: str
+    output_hash: str | None
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class TrainJob:
+    """What differs between trainers; the loop does the rest.
+
+    ``batch(step, micro)`` makes one micro-batch's data (in DataLoader workers);
+    ``loss(batch, step, micro)`` computes its loss with the (prepared) model;
+    ``save_final(output)`` writes the finished model in its deployable format.
+    """
+
+    kind: str
+    model: torch.nn.Module
+    batch: Callable[[int, int], Batch]
+    loss: Callable[[Batch, int, int], torch.Tensor]
+    save_final: Callable[[Path], None]
+    samples_per_step: int
+    config_hash: str
+    base_model_hash: str
+    output: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_accelerator(cfg: FactoryConfig, train: TrainConfig) -> Accelerator:
+    """An Accelerator on CUDA when asked for (or ``auto`` and present), else CPU in fp32."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda, but no CUDA device is available; use auto or cpu")
+    # fp16/bf16 autocast on CPU is slow or unsupported: CPU trains in fp32.
+    precision = train.mixed_precision if use_cuda else "no"
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # precision or device; one process (a flow, a test run) trains both models in turn.
+    AcceleratorState._reset_state()
+    return Accelerator(
+        cpu=not use_cuda,
+        mixed_precision=precision,
+        gradient_accumulation_steps=train.grad_accum,
+    )
+
+
+def weight_dtype(accelerator: Accelerator) -> torch.dtype:
+    """Dtype for frozen modules: half precision under mixed precision, else fp32."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+
+
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move to device; cast only when needed (a no-op cast makes diffusers warn)."""
+    module.to(device)
+    return module.to(dtype) if dtype != torch.float32 else module
+
+
+def config_hash(*parts: Any) -> str:
+    """Short sha256 of JSON-able parts: what, besides step count, determines the weights."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_section_hash(train: TrainConfig, *extra: Any) -> str:
+    # Steps, checkpoint spacing and data workers do not change the trajectory, nor does how
+    # the effective batch is split into micro-batches; paths are machine-local.
+    unused = {
+        "steps",
+        "checkpoint_every",
+        "output",
+        "keep_checkpoints",
+        "data_workers",
+        "batch_size",
+        "grad_accum",
+    }
+    section = train.model_dump(mode="json", exclude=unused)
+    section["effective_batch"] = train.batch_size * train.grad_accum
+    return config_hash(section, *extra)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_dir(output: Path, step: int) -> Path:
+    return output / CHECKPOINTS / f"step-{step:05d}"
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    """The newest complete checkpoint (one whose state.json was written), if any."""
+    folder = output / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    done = [p for p in _step_dirs(folder) if (p / _STATE).is_file()]
+    return done[-1] if done else None
+
+
+def _step_dirs(folder: Path) -> list[Path]:
+    steps = [p for p in folder.glob("step-*") if p.name[5:].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name[5:]))
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    job: TrainJob,
+    accelerator: Accelerator,
+    optimizer: Any,
+    lr_scheduler: Any,
+    step: int,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write weights, optimizer, LR scheduler, RNG states and loop state for ``step``."""
+    final = _checkpoint_dir(job.output, step)
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = accelerator.unwrap_model(job.model)
+    save_file(
+        {n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()}, tmp / _WEIGHTS
+    )
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+    torch.save(_rng_states(), tmp / "rng.pt")
+    if accelerator.scaler is not None:
+        torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+    (tmp / _STATE).write_text(json.dumps({**state, "step": step}, indent=1) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in _step_dirs(job.output / CHECKPOINTS)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    job: TrainJob, accelerator: Accelerator, optimizer: Any, lr_scheduler: Any, folder: Path
+) -> dict[str, Any]:
+    """Restore a checkpoint into the live objects; returns its loop state."""
+    state = json.loads((folder / _STATE).read_text())
+    for key in ("config_hash", "base_model_hash"):
+        if state.get(key) != getattr(job, key):
+            raise CheckpointError(
+                f"{folder} was made with a different {key.replace('_', ' ')} "
+                f"({state.get(key)} vs {getattr(job, key)}); delete {folder.parent} "
+                "or train with --no-resume"
+            )
+    params = _trainable(accelerator.unwrap_model(job.model))
+    saved = load_file(folder / _WEIGHTS)
+    if set(saved) != set(params):
+        raise CheckpointError(f"{folder / _WEIGHTS}: parameter names do not match the model")
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
+    _set_rng_states(torch.load(folder / "rng.pt", weights_only=True))
+    if accelerator.scaler is not None and (folder / "scaler.pt").is_file():
+        accelerator.scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
+    return state
+
+
+def _rng_states() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _MicroBatches(Dataset):
+    """Micro-batch k is (step, micro) = divmod(k, grad_accum): a pure function of k."""
+
+    def __init__(self, make: Callable[[int, int], Batch], grad_accum: int):
+        self.make, self.grad_accum = make, grad_accum
+
+    def __getitem__(self, k: int) -> Batch:
+        return self.make(*divmod(k, self.grad_accum))
+
+
+def _same(batch: Batch) -> Batch:
+    return batch
+
+
+def _prefetch(job: TrainJob, train: TrainConfig, start: int, stop: int) -> DataLoader:
+    # Decoding and cropping large tiles would otherwise stall a GPU between steps.
+    order = range(start * train.grad_accum, stop * train.grad_accum)
+    return DataLoader(
+        _MicroBatches(job.batch, train.grad_accum),
+        batch_size=None,
+        sampler=order,
+        num_workers=train.data_workers,
+        collate_fn=_same,
+    )
+
+
+def run_training(
+    job: TrainJob,
+    train: TrainConfig,
+    accelerator: Accelerator,
+    resume: bool = True,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> TrainSummary:
+    """Train ``job.model`` to ``train.steps`` (or stop at ``max_steps``), checkpointing.
+
+    Resumes from the newest checkpoint under ``output/checkpoints`` unless ``resume``
+    is False, which deletes them first. Final weights are written only once the full
+    step count is reached; the summary is written either way.
+    """
+    output = job.output
+    if not resume:
+        shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
+    params = list(_trainable(job.model).values())
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=1e-2)
+    lr_scheduler = get_scheduler(
+        "constant_with_warmup", optimizer, num_warmup_steps=train.lr_warmup_steps
+    )
+    job.model, optimizer, lr_scheduler = accelerator.prepare(job.model, optimizer, lr_scheduler)
+
+    state: dict[str, Any] = {
+        "loss_curve": [],
+        "wall_time_s": 0.0,
+        "config_hash": job.config_hash,
+        "base_model_hash": job.base_model_hash,
+    }
+    start = 0
+    checkpoint = latest_checkpoint(output) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(job, accelerator, optimizer, lr_scheduler, checkpoint)
+        start = state.pop("step")
+        log.info("%s: resuming from %s", job.kind, checkpoint)
+    stop = min(train.steps, max_steps) if max_steps is not None else train.steps
+    log_every = max(1, train.steps // 100)
+
+    job.model.train()
+    began, recent, last_loss = time.perf_counter(), [], None
+    bar = tqdm(
+        total=stop,
+        initial=start,
+        desc=job.kind,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    batches = iter(_prefetch(job, train, start, stop))
+    for step in range(start, stop):
+        for micro in range(train.grad_accum):
+            batch = next(batches)
+            with accelerator.accumulate(job.model):
+                loss = job.loss(batch, step, micro)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, train.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            recent.append(loss.detach().item())
+        done = step + 1
+        if done % log_every == 0 or done == stop:
+            last_loss = float(np.mean(recent))
+            state["loss_curve"].append((done, last_loss))
+            recent = []
+        bar.update(1)
+        bar.set_postfix(loss=f"{recent[-1] if recent else last_loss:.4f}")
+        if done % train.checkpoint_every == 0 or done == stop:
+            state["wall_time_s"] += time.perf_counter() - began
+            began = time.perf_counter()
+            save_checkpoint(
+                job, accelerator, optimizer, lr_scheduler, done, state, train.keep_checkpoints
+            )
+    bar.close()
+
+    complete = stop >= train.steps
+    if complete:
+        job.save_final(output)
+    steps_run = max(stop, start)
+    wall = state["wall_time_s"]
+    curve = [(int(s), float(v)) for s, v in state["loss_curve"]]
+    summary = TrainSummary(
+        kind=job.kind,
+        output=str(output),
+        steps=steps_run,
+        target_steps=train.steps,
+        complete=complete,
+        final_loss=curve[-1][1] if curve else None,
+        loss_curve=curve,
+        wall_time_s=round(wall, 3),
+        samples_per_s=round(steps_run * job.samples_per_step / wall, 3) if wall else 0.0,
+        steps_per_s=round(steps_run / wall, 3) if wall else 0.0,
+        config_hash=job.config_hash,
+        base_model_hash=job.base_model_hash,
+        resumed_from=start,
+        seed=train.seed,
+        device=str(accelerator.device),
+        output_hash=model_hash(output) if complete else None,
+    )
+    summary.write(output / SUMMARY)
+    log.info(
+        "%s: %d/%d steps, final loss %s, %.1f s",
+        job.kind,
+        steps_run,
+        train.steps,
+        summary.final_loss,
+        wall,
+    )
+    return summary

@@ -1,0 +1,230 @@
+"""Label LoRA and ControlNet training: learning, saving, loading, exact resume, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import typer
+import yaml
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lfactory.model_commands import register
+from pipeline_lib.config import config_from_dict
+from pipeline_lib.data.loveda import write_tile
+from pipeline_lib.errors import CheckpointError, DataError
+from pipeline_lib.models.checkpoint import init_models, model_hash
+from pipeline_lib.models.presets import FROM_SCRATCH_LORA_TARGETS
+from pipeline_lib.train import train_controlnet, train_label_lora
+from pipeline_lib.train.resumable import latest_checkpoint
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The cores are shared: two threads fighting other jobs run several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return init_models(tmp_path_factory.mktemp("models") / "sd", "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def blocky(tmp_path_factory):
+    """Three 64 px Train tiles: 16 px class blocks, random images."""
+    root = tmp_path_factory.mktemp("loveda")
+    rng = np.random.default_rng(0)
+    for i, scene in enumerate(("Urban", "Urban", "Rural")):
+        mask = np.kron(rng.integers(0, 8, (4, 4)), np.ones((16, 16), int)).astype(np.uint8)
+        image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        write_tile(root, "Train", scene, str(i), image, mask)
+    return root
+
+
+def make_config(tmp_path, base, data, **sections):
+    raw = {
+        "work_dir": str(tmp_path / "work"),
+        "data": {"root": str(data)},
+        "models": {"base": str(base)},
+    }
+    for name, values in sections.items():
+        raw[name] = values
+    return config_from_dict(raw)
+
+
+def small(**extra):
+    values = {"batch_size": 2, "resolution": 32, "checkpoint_every": 2, "lr": 1e-3}
+    return values | extra
+
+
+def test_label_lora_overfits_one_fixed_tile(tmp_path, base):
+    water = np.full((32, 32), 4, np.uint8)
+    write_tile(tmp_path / "one", "Train", "Urban", "0", np.zeros((32, 32, 3), np.uint8), water)
+    lora = small(
+        steps=80,
+        batch_size=4,
+        lr=1e-2,
+        checkpoint_every=80,
+        empty_prompt_prob=0.0,
+        target_modules=list(FROM_SCRATCH_LORA_TARGETS),
+    )
+    cfg = make_config(tmp_path, base, tmp_path / "one", label_lora=lora)
+    summary = train_label_lora(cfg, progress=False)
+    losses = [loss for _, loss in summary.loss_curve]
+    assert len(losses) == 80
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
+
+
+def test_saved_lora_loads_in_plain_pipeline_and_changes_its_output(tmp_path, base, blocky):
+    # alpha != rank: loading must read the saved metadata, not assume alpha = rank.
+    lora = small(steps=4, rank=4, alpha=8.0, lr=1e-2)
+    cfg = make_config(tmp_path, base, blocky, label_lora=lora)
+    train_label_lora(cfg, progress=False)
+    pipe = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
+
+    def render():
+        generator = torch.Generator().manual_seed(0)
+        return pipe(
+            "x", num_inference_steps=2, height=32, width=32, output_type="np", generator=generator
+        ).images
+
+    before = render()
+    pipe.load_lora_weights(cfg.label_lora.output)
+    assert pipe.unet.peft_config["default_0"].lora_alpha == 8.0
+    assert pipe.unet.peft_config["default_0"].r == 4
+    assert np.abs(render() - before).max() > 1e-4
+
+
+def test_interrupted_and_resumed_lora_equals_uninterrupted_run(tmp_path, base, blocky):
+    lora = small(steps=6, grad_accum=2, lr_warmup_steps=2, lr=1e-2)
+    straight = make_config(tmp_path / "a", base, blocky, label_lora=lora)
+    train_label_lora(straight, progress=False)
+
+    broken = make_config(tmp_path / "b", base, blocky, label_lora=lora)
+    stopped = train_label_lora(broken, max_steps=3, progress=False)
+    assert not stopped.complete and stopped.steps == 3
+    assert latest_checkpoint(broken.label_lora.output).name == "step-00003"
+    assert not (broken.label_lora.output / LORA_FILE).exists()
+    changed = make_config(tmp_path / "b", base, blocky, label_lora=lora | {"lr": 5e-3})
+    with pytest.raises(CheckpointError, match="different config hash"):
+        train_label_lora(changed, progress=False)
+    # Batches are a pure function of the step, so prefetching workers change nothing.
+    broken.label_lora.data_workers = 1
+    resumed = train_label_lora(broken, progress=False)
+
+    assert resumed.complete and resumed.resumed_from == 3 and resumed.steps == 6
+    a = load_file(straight.label_lora.output / LORA_FILE)
+    b = load_file(broken.label_lora.output / LORA_FILE)
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((broken.label_lora.output / "training_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["base_model_hash"] == model_hash(base)
+    assert summary["final_loss"] == resumed.final_loss and summary["samples_per_s"] > 0
+    # What generation records as the LoRA hash ignores checkpoints and the summary.
+    assert summary["output_hash"] == model_hash(straight.label_lora.output)
+
+
+def test_a_step_split_into_micro_batches_sees_the_same_samples(tmp_path, base, blocky):
+    # The OOM fallback halves the batch and doubles accumulation, even mid-run.
+    whole = make_config(tmp_path / "a", base, blocky, label_lora=small(steps=2, batch_size=4))
+    train_label_lora(whole, progress=False)
+    split = make_config(tmp_path / "b", base, blocky, label_lora=small(steps=2, batch_size=4))
+    train_label_lora(split, max_steps=1, progress=False)
+    split.label_lora.batch_size, split.label_lora.grad_accum = 2, 2
+    assert train_label_lora(split, progress=False).resumed_from == 1
+    a = load_file(whole.label_lora.output / LORA_FILE)
+    b = load_file(split.label_lora.output / LORA_FILE)
+    # Equal up to float summation order only.
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+def test_finished_run_resumes_to_the_same_weights_without_training(tmp_path, base, blocky):
+    cfg = make_config(tmp_path, base, blocky, label_lora=small(steps=2))
+    first = train_label_lora(cfg, progress=False)
+    weights = load_file(cfg.label_lora.output / LORA_FILE)
+    again = train_label_lora(cfg, progress=False)
+    assert again.resumed_from == 2 and again.final_loss == first.final_loss
+    rewritten = load_file(cfg.label_lora.output / LORA_FILE)
+    assert all(torch.equal(weights[k], rewritten[k]) for k in weights)
+    # safetensors writes its metadata in random order; the hash must not follow it.
+    assert again.output_hash == first.output_hash
+
+
+def test_controlnet_trains_resumes_exactly_and_loads_in_plain_pipeline(tmp_path, base, blocky):
+    net = small(steps=4, batch_size=1)
+    straight = make_config(tmp_path / "a", base, blocky, controlnet=net)
+    summary = train_controlnet(straight, progress=False)
+    assert summary.complete and summary.kind == "controlnet"
+
+    broken = make_config(tmp_path / "b", base, blocky, controlnet=net)
+    train_controlnet(broken, max_steps=1, progress=False)
+    train_controlnet(broken, progress=False)
+    a = ControlNetModel.from_pretrained(straight.controlnet.output, local_files_only=True)
+    b = ControlNetModel.from_pretrained(broken.controlnet.output, local_files_only=True)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    initial = ControlNetModel.from_pretrained(base / "controlnet", local_files_only=True)
+    assert any(not torch.equal(sa[k], v) for k, v in initial.state_dict().items())
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        base, controlnet=a, local_files_only=True
+    )
+    images = pipe(
+        "x",
+        image=torch.rand(1, 3, 32, 32),
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+    ).images
+    assert images.shape == (1, 32, 32, 3)
+
+
+def test_training_initialises_a_missing_base_from_its_preset(tmp_path, blocky):
+    cfg = make_config(tmp_path, tmp_path / "fresh-sd", blocky, label_lora=small(steps=1))
+    cfg.models.preset = "tiny"
+    summary = train_label_lora(cfg, progress=False)
+    assert summary.base_model_hash == model_hash(tmp_path / "fresh-sd")
+    assert (tmp_path / "fresh-sd" / "controlnet" / "config.json").is_file()
+
+
+def test_missing_base_without_preset_is_a_checkpoint_error(tmp_path, blocky):
+    cfg = make_config(tmp_path, tmp_path / "nowhere", blocky, label_lora=small(steps=1))
+    with pytest.raises(CheckpointError, match="nowhere"):
+        train_label_lora(cfg, progress=False)
+
+
+def test_data_without_train_masks_is_a_data_error(tmp_path, base):
+    write_tile(tmp_path / "d", "Val", "Urban", "0", np.zeros((32, 32, 3), np.uint8), None)
+    cfg = make_config(tmp_path, base, tmp_path / "d", label_lora=small(steps=1))
+    with pytest.raises(DataError, match="no Train tiles with masks"):
+        train_label_lora(cfg, progress=False)
+
+
+def test_cli_trains_label_lora_from_yaml_and_stops_at_max_steps(tmp_path, base, blocky):
+    config = tmp_path / "factory.yaml"
+    raw = {
+        "work_dir": str(tmp_path / "work"),
+        "data": {"root": str(blocky)},
+        "models": {"base": str(base)},
+        "label_lora": small(steps=3),
+    }
+    config.write_text(yaml.safe_dump(raw))
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["train", "label-lora", str(config), "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert "stopped at step 1/3" in result.output
+    result = CliRunner().invoke(app, ["train", "label-lora", str(config), "--no-resume"])
+    assert result.exit_code == 0, result.output
+    assert "done at step 3/3" in result.output
