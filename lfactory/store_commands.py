@@ -1,9 +1,152 @@
-"""Commands of this group are added by their issue's work."""
+"""``lfactory generate``, ``lfactory regenerate`` and ``lfactory store ...``."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from pipeline_lib.config import FactoryConfig, load_config
+from pipeline_lib.data.loveda import write_png
+from pipeline_lib.data.palette import colourise
+from pipeline_lib.store import committed_count, export_store, plan_shards, store_stats, verify_store
+from pipeline_lib.store.export import FORMATS
+
+store_app = typer.Typer(help="Verify, summarise and export a sample store.", no_args_is_help=True)
+
+
+def _config(path: Path | None, store: Path | None = None) -> FactoryConfig | None:
+    if path is None:
+        return None
+    overrides = {"store": {"path": str(store)}} if store is not None else None
+    return load_config(path, overrides)
+
+
+def generate(
+    config: Annotated[Path, typer.Argument(help="factory config YAML")],
+    samples: Annotated[
+        int | None, typer.Option("--samples", "-n", help="samples wanted (default: quota)")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", help="store path (default: store.path)")
+    ] = None,
+) -> None:
+    """Generate shards until the store holds SAMPLES; a re-run fills only missing shards."""
+    from tqdm import tqdm
+
+    from pipeline_lib.generate import Generator, generate_and_commit_shard
+
+    cfg = _config(config, store)
+    wanted = samples or cfg.quota.samples
+    size = cfg.store.shard_size
+    plan = plan_shards(cfg.store.path, wanted, size)
+    typer.echo(
+        f"{cfg.store.path}: {committed_count(cfg.store.path)} samples committed, "
+        f"{len(plan)} shard(s) of {size} to generate"
+    )
+    if not plan:
+        return
+    generator = Generator(cfg)
+    kept = rejected = 0
+    start = time.perf_counter()
+    with tqdm(total=len(plan) * size, unit="sample", desc="generating") as bar:
+        for shard_id in plan:
+            result = generate_and_commit_shard(cfg, generator, shard_id)
+            kept += result.kept
+            rejected += result.rejected
+            bar.update(size)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(
+                kept_per_s=f"{kept / elapsed:.2f}",
+                reject=f"{rejected / max(kept + rejected, 1):.1%}",
+            )
+    typer.echo(
+        f"committed {kept} samples in {len(plan)} shard(s), rejected {rejected}; "
+        f"store now holds {committed_count(cfg.store.path)}"
+    )
+
+
+def regenerate(
+    store: Annotated[Path, typer.Argument(help="sample store")],
+    sample_id: Annotated[str, typer.Argument(help="sample id from the manifest")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="use this config's models")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="folder for label.png, label_colour.png, image.png")
+    ] = None,
+) -> None:
+    """Rebuild one sample from its manifest row; exit 1 when it differs from the stored bytes."""
+    from pipeline_lib.generate import regenerate as rebuild
+
+    result = rebuild(store, sample_id, _config(config))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_png(out / "label.png", result.label)
+        write_png(out / "label_colour.png", colourise(result.label))
+        write_png(out / "image.png", result.image)
+        typer.echo(f"wrote {out}/label.png, label_colour.png, image.png")
+    typer.echo(
+        f"{sample_id}: label {'matches' if result.label_matches else 'DIFFERS'}, "
+        f"image {'matches' if result.image_matches else 'DIFFERS'}"
+        + ("" if result.models_match else " (models differ from the recorded hashes)")
+    )
+    if not result.identical:
+        raise typer.Exit(1)
+
+
+@store_app.command("verify")
+def verify(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
+    """Re-read every committed sample against its sha256; exit 2 on problems."""
+    report = verify_store(store)
+    typer.echo(f"{store}: {report.shards} shard(s), {report.samples} sample(s)")
+    for line in report.orphans:
+        typer.echo(f"  orphan: {line}")
+    for line in report.problems:
+        typer.secho(f"  problem: {line}", err=True, fg=typer.colors.RED)
+    if not report.ok:
+        raise typer.Exit(2)
+    typer.echo("ok")
+
+
+@store_app.command("stats")
+def stats(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
+    """Counts, class fractions, QA and reject rates, from the manifests."""
+    s = store_stats(store)
+    typer.echo(
+        f"{store}: {s.samples} samples in {s.shards} shard(s), {s.attempts} draws, "
+        f"reject rate {s.reject_rate:.1%}"
+    )
+    for reason, count in sorted(s.reject_reasons.items()):
+        typer.echo(f"  rejected {reason}: {count}")
+    typer.echo(
+        f"  mean off-palette share {s.mean_off_palette_share:.4f}, "
+        f"small-fragment share {s.mean_small_fragment_share:.4f}"
+    )
+    typer.echo("  styles: " + ", ".join(f"{k} {v}" for k, v in sorted(s.styles.items())))
+    typer.echo("  class fractions:")
+    for name, share in s.class_fractions.items():
+        typer.echo(f"    {name:<12} {share:.4f}")
+
+
+@store_app.command("export")
+def export(
+    store: Annotated[Path, typer.Argument(help="sample store")],
+    out: Annotated[Path, typer.Argument(help="new folder")],
+    format: Annotated[str, typer.Option("--format", help=" | ".join(FORMATS))] = "loveda",
+    config: Annotated[
+        Path | None, typer.Option("--config", help="config whose store.geo georeferences")
+    ] = None,
+) -> None:
+    """Export committed samples as LoveDA layout (Train/<scene>), mmseg layout or GeoTIFFs."""
+    cfg = _config(config)
+    counts = export_store(store, out, format, geo=cfg.store.geo if cfg else None)
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+    app.command("generate")(generate)
+    app.command("regenerate")(regenerate)
+    app.add_typer(store_app, name="store")

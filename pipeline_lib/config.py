@@ -77,6 +77,20 @@ class ControlNetConfig(TrainConfig):
     pass
 
 
+class VaeConfig(TrainConfig):
+    """The VAE of a preset base, trained before the generators (pipeline_lib.train.vae).
+
+    Each of ``batch_size`` samples contributes its colourised label and its image.
+    ``output`` holds checkpoints and the summary; the VAE itself goes into the base.
+    """
+
+    steps: int = Field(200, ge=0, description="0 keeps the preset's random VAE")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    label_weight: float = Field(2.0, gt=0, description="loss weight of labels over images")
+    kl_weight: float = Field(1e-6, ge=0)
+
+
 class StyleConfig(Section):
     prompt: str = Field("", description="appended to generation.prompt")
     negative_prompt: str = ""
@@ -172,6 +186,7 @@ class FactoryConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     label_lora: LabelLoraConfig = Field(default_factory=LabelLoraConfig)
     controlnet: ControlNetConfig = Field(default_factory=ControlNetConfig)
+    vae: VaeConfig = Field(default_factory=VaeConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     quota: QuotaConfig = Field(default_factory=QuotaConfig)
@@ -188,6 +203,7 @@ class FactoryConfig(Section):
             (self.models, "base", work / "models" / "sd"),
             (self.label_lora, "output", work / "models" / "label-lora"),
             (self.controlnet, "output", work / "models" / "controlnet"),
+            (self.vae, "output", work / "models" / "vae-training"),
             (self.store, "path", work / "store.zarr"),
             (self.validation, "output", work / "validation"),
             (self.prefect, "results_path", work / "prefect-results"),

@@ -1,0 +1,284 @@
+"""The two-stage sampler: label maps from SD (+ label LoRA), then images from SD + ControlNet.
+
+A :class:`Generator` loads the pipelines once and keeps them across shards. Draws are
+made in batches of ``generation.batch_size`` attempts; attempt ``a`` of a shard always
+lies in the batch ``a // batch_size``, and the image batch holds exactly the kept labels
+of that batch, so :func:`regenerate` can replay a sample's batches bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionPipeline,
+)
+
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.data.palette import colourise
+from pipeline_lib.generate.qa import LabelQA, score_label
+from pipeline_lib.generate.seeds import image_seed, pick_style, sample_id, sample_seed
+from pipeline_lib.models.checkpoint import (
+    CONTROLNET_SUBDIR,
+    load_controlnet,
+    load_sd_components,
+    model_hash,
+)
+from pipeline_lib.store.shard_writer import ShardData
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "dpmsolver": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "pndm": PNDMScheduler,
+}
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+NO_LORA = "none"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def controlnet_dir(cfg: FactoryConfig) -> Path:
+    """The trained ControlNet when one exists, else the one initialised beside the base."""
+    trained = Path(cfg.controlnet.output)
+    return (
+        trained
+        if (trained / "config.json").is_file()
+        else Path(cfg.models.base) / CONTROLNET_SUBDIR
+    )
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One attempt: its identity and, once sampled, its label, QA and image."""
+
+    attempt: int
+    seed: int
+    style: str
+    prompt: str
+    negative_prompt: str
+
+
+def _join(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+class Generator:
+    """SD label pipeline and SD + ControlNet image pipeline, loaded once, sharing components."""
+
+    def __init__(self, cfg: FactoryConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        gen = cfg.generation
+        # Half precision only where it is fast and supported: on CUDA.
+        self.dtype = getattr(torch, gen.dtype) if self.device.type == "cuda" else torch.float32
+        parts = load_sd_components(cfg.models.base, dtype=self.dtype)
+        shared = {
+            "vae": parts.vae,
+            "text_encoder": parts.text_encoder,
+            "tokenizer": parts.tokenizer,
+            "unet": parts.unet,
+        }
+        none = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        scheduler_cls = SCHEDULERS[gen.scheduler]
+        self.label_pipe = StableDiffusionPipeline(
+            **shared, scheduler=scheduler_cls.from_config(parts.scheduler.config), **none
+        )
+        lora = Path(cfg.label_lora.output)
+        self.lora_hash = NO_LORA
+        if (lora / LORA_WEIGHTS).is_file():
+            self.label_pipe.load_lora_weights(lora)
+            self.lora_hash = model_hash(lora)
+        cn_dir = controlnet_dir(cfg)
+        self.image_pipe = StableDiffusionControlNetPipeline(
+            **shared,
+            controlnet=load_controlnet(cn_dir, dtype=self.dtype),
+            scheduler=scheduler_cls.from_config(parts.scheduler.config),
+            **none,
+        )
+        for pipe in (self.label_pipe, self.image_pipe):
+            pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=True)
+        base_hash = model_hash(cfg.models.base)
+        self.hashes = {
+            "label_model_hash": base_hash,
+            "lora_hash": self.lora_hash,
+            "image_model_hash": base_hash,
+            "controlnet_hash": model_hash(cn_dir),
+        }
+        log.info(
+            "generator ready on %s: base %s, LoRA %s, ControlNet %s",
+            self.device,
+            cfg.models.base,
+            self.lora_hash,
+            cn_dir,
+        )
+
+    # ------------------------------------------------------------------ draws
+
+    def draw(self, shard_id: int, attempt: int) -> Draw:
+        gen = self.cfg.generation
+        seed = sample_seed(gen.seed, shard_id, attempt)
+        style = pick_style(list(gen.styles), seed)
+        spec = gen.styles[style]
+        return Draw(
+            attempt,
+            seed,
+            style,
+            _join(gen.prompt, spec.prompt),
+            _join(gen.negative_prompt, spec.negative_prompt),
+        )
+
+    def sample_labels(self, draws: list[Draw]) -> list[tuple[np.ndarray, np.ndarray, LabelQA]]:
+        """Colour label, snapped raw mask and QA of each draw (one batched SD call)."""
+        gen = self.cfg.generation
+        out = self.label_pipe(
+            prompt=[d.prompt for d in draws],
+            negative_prompt=[d.negative_prompt for d in draws],
+            num_inference_steps=gen.label_steps,
+            guidance_scale=gen.label_guidance,
+            height=gen.resolution,
+            width=gen.resolution,
+            output_type="np",
+            generator=[torch.Generator("cpu").manual_seed(d.seed) for d in draws],
+        ).images
+        results = []
+        for rgb in _to_uint8(out):
+            mask, qa = score_label(rgb, gen.qa)
+            results.append((rgb, mask, qa))
+        return results
+
+    def sample_images(self, draws: list[Draw], masks: list[np.ndarray]) -> np.ndarray:
+        """Images conditioned on the colourised snapped masks (one batched ControlNet call)."""
+        if not draws:
+            return np.zeros(
+                (0, self.cfg.generation.resolution, self.cfg.generation.resolution, 3), np.uint8
+            )
+        gen = self.cfg.generation
+        control = np.stack([colourise(m) for m in masks]).astype(np.float32) / 255
+        # The label LoRA was trained for label maps; the image pass uses the base UNet.
+        lora = self.lora_hash != NO_LORA
+        if lora:
+            self.label_pipe.disable_lora()
+        try:
+            out = self.image_pipe(
+                prompt=[d.prompt for d in draws],
+                negative_prompt=[d.negative_prompt for d in draws],
+                image=control,
+                num_inference_steps=gen.image_steps,
+                guidance_scale=gen.image_guidance,
+                height=gen.resolution,
+                width=gen.resolution,
+                output_type="np",
+                generator=[torch.Generator("cpu").manual_seed(image_seed(d.seed)) for d in draws],
+            ).images
+        finally:
+            if lora:
+                self.label_pipe.enable_lora()
+        return _to_uint8(out)
+
+    def record(self, shard_id: int, draw: Draw, qa: LabelQA) -> dict[str, Any]:
+        """The manifest fields this generator knows about one kept sample."""
+        gen = self.cfg.generation
+        return {
+            "sample_id": sample_id(self.cfg.name, gen.seed, shard_id, draw.attempt),
+            "attempt": draw.attempt,
+            "batch_size": gen.batch_size,
+            "style": draw.style,
+            "prompt": draw.prompt,
+            "negative_prompt": draw.negative_prompt,
+            "seed": draw.seed,
+            "label_steps": gen.label_steps,
+            "image_steps": gen.image_steps,
+            "label_guidance": gen.label_guidance,
+            "image_guidance": gen.image_guidance,
+            "scheduler": gen.scheduler,
+            **self.hashes,
+            "off_palette_share": qa.off_palette_share,
+            "small_fragment_share": qa.small_fragment_share,
+            "min_fragment_pixels": qa.min_fragment_pixels,
+        }
+
+    def run_config(self) -> dict[str, Any]:
+        """What a shard's manifest keeps so that regenerate can rebuild its samples."""
+        cfg = self.cfg
+        return {
+            "name": cfg.name,
+            "generation": cfg.generation.model_dump(mode="json"),
+            "models_base": str(cfg.models.base),
+            "label_lora": str(cfg.label_lora.output),
+            "controlnet": str(controlnet_dir(cfg)),
+            "device": str(self.device),
+        }
+
+    # ------------------------------------------------------------------ shards
+
+    def generate_shard(self, shard_id: int, n: int) -> ShardData:
+        """Draw batches until ``n`` labels pass QA or ``n * max_attempts_per_sample`` draws."""
+        gen = self.cfg.generation
+        size = gen.batch_size
+        limit = n * gen.max_attempts_per_sample
+        kept_draws: list[Draw] = []
+        kept_qa: list[LabelQA] = []
+        masks: list[np.ndarray] = []
+        images: list[np.ndarray] = []
+        rejected: Counter[str] = Counter()
+        attempts = 0
+        while len(kept_draws) < n and attempts < limit:
+            # Whole batches only: batch b always holds attempts [b*size, (b+1)*size).
+            draws = [self.draw(shard_id, a) for a in range(attempts, attempts + size)]
+            attempts += size
+            batch_draws, batch_masks, batch_qa = [], [], []
+            for draw, (_, mask, qa) in zip(draws, self.sample_labels(draws), strict=True):
+                if not qa.kept:
+                    rejected[qa.reason] += 1
+                elif len(kept_draws) + len(batch_draws) < n:
+                    batch_draws.append(draw)
+                    batch_masks.append(mask)
+                    batch_qa.append(qa)
+            images.extend(self.sample_images(batch_draws, batch_masks))
+            kept_draws += batch_draws
+            kept_qa += batch_qa
+            masks += batch_masks
+        if len(kept_draws) < n:
+            log.warning(
+                "shard %d: only %d of %d labels passed QA in %d draws",
+                shard_id,
+                len(kept_draws),
+                n,
+                attempts,
+            )
+        res = gen.resolution
+        return ShardData(
+            shard_id=shard_id,
+            images=np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8),
+            labels=np.stack(masks) if masks else np.zeros((0, res, res), np.uint8),
+            rows=tuple(
+                self.record(shard_id, d, q) for d, q in zip(kept_draws, kept_qa, strict=True)
+            ),
+            attempts=attempts,
+            rejected=dict(rejected),
+            config=self.run_config(),
+        )

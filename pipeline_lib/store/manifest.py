@@ -1,0 +1,158 @@
+"""The per-shard Parquet manifest: one row per committed sample, one versioned schema.
+
+A shard's manifest file is its commit record: a shard exists for readers exactly when
+``manifests/shard-XXXXX.parquet`` exists. Each row holds what regenerating the sample
+needs (seed, prompts, steps, guidance, scheduler, model hashes) plus its class fractions,
+QA scores and checksums. Shard-level facts (attempts, rejects by reason, the generation
+config) live in the file's key-value metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipeline_lib.data.classes import CLASS_NAMES
+from pipeline_lib.errors import ShardNotFoundError, StoreError
+
+# Bump on any change to MANIFEST_SCHEMA; readers refuse versions they do not know.
+SCHEMA_VERSION = 1
+MANIFEST_DIR = "manifests"
+FRACTION_COLUMNS: tuple[str, ...] = tuple(f"frac_{name}" for name in CLASS_NAMES)
+_SHARD_FILE = re.compile(r"^shard-(\d{5,})\.parquet$")
+_META_KEY = b"label_freedom"
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int16(), nullable=False),
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("shard_id", pa.int32(), nullable=False),
+        pa.field("index", pa.int64(), nullable=False, metadata={"doc": "row in images/labels"}),
+        pa.field("attempt", pa.int32(), metadata={"doc": "draw number within the shard"}),
+        pa.field("batch_size", pa.int16(), metadata={"doc": "generation batch it was drawn in"}),
+        pa.field("style", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("negative_prompt", pa.string()),
+        pa.field("seed", pa.uint64()),
+        pa.field("label_steps", pa.int32()),
+        pa.field("image_steps", pa.int32()),
+        pa.field("label_guidance", pa.float32()),
+        pa.field("image_guidance", pa.float32()),
+        pa.field("scheduler", pa.string()),
+        pa.field("label_model_hash", pa.string()),
+        pa.field("lora_hash", pa.string()),
+        pa.field("image_model_hash", pa.string()),
+        pa.field("controlnet_hash", pa.string()),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        *(pa.field(c, pa.float32(), nullable=False) for c in FRACTION_COLUMNS),
+        pa.field("off_palette_share", pa.float32()),
+        pa.field("small_fragment_share", pa.float32()),
+        pa.field("min_fragment_pixels", pa.int64(), metadata={"doc": "smallest fragment's size"}),
+        pa.field("label_sha256", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={"schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def sha256(array: np.ndarray) -> str:
+    """The checksum kept in ``label_sha256`` / ``image_sha256``: of the raw C-order bytes."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def manifest_dir(store: str | Path) -> Path:
+    return Path(store) / MANIFEST_DIR
+
+
+def manifest_path(store: str | Path, shard_id: int) -> Path:
+    return manifest_dir(store) / f"shard-{shard_id:05d}.parquet"
+
+
+def committed_shard_ids(store: str | Path) -> list[int]:
+    """Ids of the shards whose manifest exists, i.e. the committed shards, sorted."""
+    folder = manifest_dir(store)
+    if not folder.is_dir():
+        return []
+    ids = [int(m.group(1)) for p in folder.iterdir() if (m := _SHARD_FILE.match(p.name))]
+    return sorted(ids)
+
+
+def write_manifest(
+    store: str | Path, shard_id: int, rows: list[dict[str, Any]], shard_meta: dict[str, Any]
+) -> Path:
+    """Write a shard's manifest atomically; its appearance commits the shard.
+
+    The temp file is fsynced before the rename so that the commit never names bytes
+    that a crash of the machine (not only of the process) could lose.
+    """
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    meta = dict(table.schema.metadata or {})
+    meta[_META_KEY] = json.dumps(shard_meta).encode()
+    table = table.replace_schema_metadata(meta)
+    path = manifest_path(store, shard_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(store: str | Path, shard_id: int) -> pa.Table:
+    """One shard's manifest; ShardNotFoundError when the shard is not committed."""
+    path = manifest_path(store, shard_id)
+    if not path.is_file():
+        raise ShardNotFoundError(f"{path}: shard {shard_id} is not committed in {store}")
+    table = pq.read_table(path)
+    _check_version(path, table.schema)
+    return table
+
+
+def read_shard_meta(store: str | Path, shard_id: int) -> dict[str, Any]:
+    """A shard's key-value metadata: attempts, rejects by reason, generation config."""
+    path = manifest_path(store, shard_id)
+    if not path.is_file():
+        raise ShardNotFoundError(f"{path}: shard {shard_id} is not committed in {store}")
+    raw = (pq.read_schema(path).metadata or {}).get(_META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def manifest_dataset(store: str | Path) -> pads.Dataset:
+    """A pyarrow dataset over every committed manifest, read with the one fixed schema.
+
+    Passing the schema explicitly stops pyarrow from taking it from the first file and
+    silently dropping columns that only later files have.
+    """
+    files = [str(manifest_path(store, k)) for k in committed_shard_ids(store)]
+    return pads.dataset(files, schema=MANIFEST_SCHEMA, format="parquet")
+
+
+def read_manifests(store: str | Path) -> pa.Table:
+    """All committed rows as one table, sorted by array row."""
+    for shard_id in committed_shard_ids(store):
+        _check_version(
+            manifest_path(store, shard_id), pq.read_schema(manifest_path(store, shard_id))
+        )
+    table = manifest_dataset(store).to_table()
+    return table.sort_by("index")
+
+
+def _check_version(path: Path, schema: pa.Schema) -> None:
+    found = (schema.metadata or {}).get(b"schema_version", b"?").decode()
+    if found != str(SCHEMA_VERSION):
+        raise StoreError(
+            f"{path}: manifest schema_version {found}, this code reads {SCHEMA_VERSION}; "
+            "upgrade the code or migrate the store"
+        )

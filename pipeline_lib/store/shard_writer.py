@@ -1,0 +1,200 @@
+"""Commit one shard exactly once: arrays first, then the manifest as the commit record.
+
+A process killed at any moment leaves either no manifest (the shard is invisible and is
+simply regenerated and rewritten whole by the next run) or a complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE
+from pipeline_lib.errors import DataError, IntegrityError, StoreError
+from pipeline_lib.store.manifest import (
+    FRACTION_COLUMNS,
+    SCHEMA_VERSION,
+    manifest_path,
+    read_manifest,
+    read_shard_meta,
+    sha256,
+    write_manifest,
+)
+from pipeline_lib.store.store import SampleStore, ensure_capacity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """The kept samples of one generated shard, before staging.
+
+    ``rows`` holds each sample's generation record (``sample_id`` required; seed, prompt,
+    steps, hashes, QA scores...); checksums, fractions and array rows are added on staging.
+    """
+
+    shard_id: int
+    images: np.ndarray  # (n, H, W, 3) uint8
+    labels: np.ndarray  # (n, H, W) uint8, raw LoveDA values
+    rows: tuple[dict[str, Any], ...]
+    attempts: int = 0
+    rejected: Mapping[str, int] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a committed shard holds, small enough to pass between Prefect tasks."""
+
+    shard_id: int
+    kept: int
+    rejected: int
+    reasons: Mapping[str, int]
+    class_fractions: Mapping[str, float]
+    already_committed: bool = False
+
+
+@dataclass(frozen=True)
+class StagedShard:
+    """A shard whose arrays are written but not yet committed (invisible to readers).
+
+    Small and picklable: it carries the manifest records (with checksums), not pixels,
+    so it can cross a task boundary between generating and committing.
+    """
+
+    shard_id: int
+    rows: tuple[dict[str, Any], ...]
+    attempts: int
+    rejected: Mapping[str, int]
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def commit_shard(store: SampleStore, data: ShardData) -> ShardResult:
+    """Stage a shard's arrays, then commit its manifest; a committed shard is left untouched."""
+    if manifest_path(store.path, data.shard_id).is_file():
+        log.info("shard %d of %s is already committed; not rewritten", data.shard_id, store.path)
+        return shard_result(store, data.shard_id, already_committed=True)
+    return commit_staged_shard(store, stage_shard(store, data))
+
+
+def stage_shard(store: SampleStore, data: ShardData) -> StagedShard:
+    """Write a shard's arrays whole into its own rows; nothing becomes visible yet.
+
+    Refuses a committed shard: its bytes are never overwritten.
+    """
+    if manifest_path(store.path, data.shard_id).is_file():
+        raise StoreError(
+            f"{manifest_path(store.path, data.shard_id)}: shard {data.shard_id} is already "
+            "committed; its arrays are not rewritten"
+        )
+    _check(store, data)
+    n = len(data.rows)
+    rows = store.shard_rows(data.shard_id)
+    ensure_capacity(store, rows.stop)
+    images, labels = store.arrays(mode="r+")
+    # Pad to the full shard: one whole-shard write, no read-modify-write of the file.
+    block_images = np.zeros((store.shard_size, *images.shape[1:]), np.uint8)
+    block_labels = np.zeros((store.shard_size, *labels.shape[1:]), np.uint8)
+    block_images[:n], block_labels[:n] = data.images, data.labels
+    images[rows.start : rows.stop] = block_images
+    labels[rows.start : rows.stop] = block_labels
+
+    records = []
+    for i, row in enumerate(data.rows):
+        counts = np.bincount(data.labels[i].ravel(), minlength=MAX_VALUE + 1)
+        labelled = max(int(counts[1:].sum()), 1)
+        record = dict(row)
+        record.update(
+            schema_version=SCHEMA_VERSION,
+            shard_id=data.shard_id,
+            index=rows.start + i,
+            height=store.height,
+            width=store.width,
+            label_sha256=sha256(data.labels[i]),
+            image_sha256=sha256(data.images[i]),
+            **{c: float(counts[v + 1] / labelled) for v, c in enumerate(FRACTION_COLUMNS)},
+        )
+        records.append(record)
+    attempts = data.attempts or n + sum(data.rejected.values())
+    return StagedShard(
+        data.shard_id, tuple(records), attempts, dict(data.rejected), dict(data.config)
+    )
+
+
+def commit_staged_shard(store: SampleStore, staged: StagedShard) -> ShardResult:
+    """Check the staged bytes against their checksums, then publish the manifest (the commit).
+
+    The read-back catches a shard whose arrays were lost or overwritten since staging
+    (e.g. a cached staging result replayed against a wiped store).
+    """
+    if manifest_path(store.path, staged.shard_id).is_file():
+        return shard_result(store, staged.shard_id, already_committed=True)
+    if staged.rows:
+        images, labels = store.read_rows([r["index"] for r in staged.rows])
+        for row, image, label in zip(staged.rows, images, labels, strict=True):
+            if sha256(image) != row["image_sha256"] or sha256(label) != row["label_sha256"]:
+                raise IntegrityError(
+                    f"{store.path}: staged sample {row['sample_id']} of shard {staged.shard_id} "
+                    "no longer matches its checksum; generate the shard again"
+                )
+    created = datetime.now(UTC)
+    records = [{**row, "created_at": created} for row in staged.rows]
+    meta = {
+        "shard_id": staged.shard_id,
+        "kept": len(records),
+        "attempts": staged.attempts,
+        "rejected": dict(staged.rejected),
+        "config": dict(staged.config),
+    }
+    write_manifest(store.path, staged.shard_id, records, meta)
+    log.info(
+        "committed shard %d of %s: %d kept, %d rejected",
+        staged.shard_id,
+        store.path,
+        len(records),
+        sum(staged.rejected.values()),
+    )
+    return shard_result(store, staged.shard_id)
+
+
+def shard_result(store: SampleStore, shard_id: int, already_committed: bool = False) -> ShardResult:
+    """The summary of a committed shard, read back from its manifest."""
+    table = read_manifest(store.path, shard_id)
+    meta = read_shard_meta(store.path, shard_id)
+    reasons = {str(k): int(v) for k, v in meta.get("rejected", {}).items()}
+    fractions = {
+        name: float(np.mean(table[c].to_numpy())) if table.num_rows else 0.0
+        for name, c in zip(CLASS_NAMES, FRACTION_COLUMNS, strict=True)
+    }
+    return ShardResult(
+        shard_id, table.num_rows, sum(reasons.values()), reasons, fractions, already_committed
+    )
+
+
+def _check(store: SampleStore, data: ShardData) -> None:
+    n = len(data.rows)
+    where = f"shard {data.shard_id} of {store.path}"
+    if data.shard_id < 0:
+        raise StoreError(f"{where}: shard ids start at 0")
+    if n > store.shard_size:
+        raise StoreError(f"{where}: {n} samples exceed the store's shard_size {store.shard_size}")
+    if data.images.shape != (n, store.height, store.width, 3) or data.images.dtype != np.uint8:
+        raise DataError(
+            f"{where}: images must be uint8 {(n, store.height, store.width, 3)}, "
+            f"got {data.images.dtype} {data.images.shape}"
+        )
+    if data.labels.shape != (n, store.height, store.width) or data.labels.dtype != np.uint8:
+        raise DataError(
+            f"{where}: labels must be uint8 {(n, store.height, store.width)}, "
+            f"got {data.labels.dtype} {data.labels.shape}"
+        )
+    if n and int(data.labels.max()) > MAX_VALUE:
+        raise DataError(f"{where}: labels hold value {int(data.labels.max())}; LoveDA uses 0..7")
+    ids = [r.get("sample_id") for r in data.rows]
+    if None in ids or len(set(ids)) != n:
+        raise StoreError(f"{where}: every row needs a unique sample_id")

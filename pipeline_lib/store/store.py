@@ -1,0 +1,204 @@
+"""The sample store: a Zarr v3 group with ``images`` (N,H,W,3) and ``labels`` (N,H,W) uint8.
+
+One chunk per sample, ``shard_size`` samples per zarr shard file, zstd with checksums.
+Shard k owns rows ``[k*S, (k+1)*S)``, so different shards never share a file and any
+worker can write any shard. Which rows hold committed samples is known only from the
+manifests: array rows beyond them read as zeros, never as an error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import zarr
+from zarr.codecs import ZstdCodec
+
+from pipeline_lib.errors import IntegrityError, ShardNotFoundError, StoreError
+from pipeline_lib.store.manifest import (
+    SCHEMA_VERSION,
+    committed_shard_ids,
+    manifest_path,
+    read_manifests,
+    sha256,
+)
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "label-freedom-store"
+LOCK_FILE = ".writer.lock"
+# Shards the arrays are pre-sized for when a store is created; they grow by doubling.
+INITIAL_SHARDS = 4
+
+
+@contextmanager
+def store_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive advisory lock: only its holder creates or resizes the arrays.
+
+    zarr's resize rewrites zarr.json; two resizing processes would race, data writes to
+    different shards of a pre-sized array would not.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class SampleStore:
+    """An opened store: its geometry, arrays and read access to committed samples."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(
+                f"{self.path}: no sample store here (zarr.json missing); "
+                "run `lfactory generate` to create one"
+            )
+        group = zarr.open_group(self.path, mode="r")
+        attrs = dict(group.attrs)
+        if attrs.get("format") != STORE_FORMAT:
+            raise StoreError(f"{self.path}: a Zarr group but not a Label Freedom store")
+        self.shard_size = int(attrs["shard_size"])
+        self.height = int(attrs["height"])
+        self.width = int(attrs["width"])
+
+    def arrays(self, mode: str = "r") -> tuple[zarr.Array, zarr.Array]:
+        """Freshly opened ``(images, labels)``; reopen after a resize to see the new shape."""
+        group = zarr.open_group(self.path, mode=mode)
+        return group["images"], group["labels"]
+
+    def shard_rows(self, shard_id: int) -> range:
+        return range(shard_id * self.shard_size, (shard_id + 1) * self.shard_size)
+
+    def committed_shards(self) -> list[int]:
+        return committed_shard_ids(self.path)
+
+    def committed_count(self) -> int:
+        return committed_count(self.path)
+
+    def manifest(self) -> pa.Table:
+        """Every committed manifest row as a pyarrow Table sorted by array row."""
+        return read_manifests(self.path)
+
+    def read_rows(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels at array rows ``indices`` (committed or not: check first)."""
+        images, labels = self.arrays()
+        idx = np.asarray(indices, dtype=np.int64)
+        return images.get_orthogonal_selection((idx,)), labels.get_orthogonal_selection((idx,))
+
+    def read_sample(
+        self, sample_id: str, verify: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``(image, label, manifest row)`` of one committed sample.
+
+        With ``verify`` the bytes are checked against the manifest's sha256 and a
+        mismatch (or a zstd checksum failure) raises IntegrityError.
+        """
+        table = self.manifest()
+        matches = table.filter(pc.equal(table["sample_id"], sample_id))
+        if matches.num_rows == 0:
+            raise ShardNotFoundError(f"{self.path}: sample {sample_id!r} is not committed")
+        row = matches.slice(0, 1).to_pylist()[0]
+        try:
+            images, labels = self.read_rows([row["index"]])
+        except Exception as error:  # zstd checksum failures surface as codec errors
+            raise IntegrityError(
+                f"{self.path}: sample {sample_id!r} (row {row['index']}) is unreadable: {error}"
+            ) from error
+        if verify and (
+            sha256(images[0]) != row["image_sha256"] or sha256(labels[0]) != row["label_sha256"]
+        ):
+            raise IntegrityError(
+                f"{self.path}: sample {sample_id!r} (row {row['index']}) no longer matches its "
+                "manifest sha256; run `lfactory store verify` and regenerate the shard"
+            )
+        return images[0], labels[0], row
+
+
+def create_or_open_store(
+    path: str | Path, *, shard_size: int, height: int, width: int, compression_level: int = 3
+) -> SampleStore:
+    """Open the store at ``path``, creating it if absent; its geometry must match."""
+    path = Path(path)
+    with store_lock(path):
+        if not (path / "zarr.json").is_file():
+            _create(path, shard_size, height, width, compression_level)
+            log.info("created store %s (shard_size %d, %dx%d)", path, shard_size, height, width)
+    store = SampleStore(path)
+    wanted = (shard_size, height, width)
+    found = (store.shard_size, store.height, store.width)
+    if wanted != found:
+        raise StoreError(
+            f"{path}: store has shard_size/height/width {found}, the config asks "
+            f"for {wanted}; use a new store path or the store's settings"
+        )
+    return store
+
+
+def _create(path: Path, shard_size: int, height: int, width: int, level: int) -> None:
+    group = zarr.open_group(
+        path,
+        mode="w",
+        attributes={
+            "format": STORE_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "shard_size": shard_size,
+            "height": height,
+            "width": width,
+        },
+    )
+    rows = INITIAL_SHARDS * shard_size
+    # checksum=True: a flipped byte then fails the read instead of returning wrong pixels.
+    codec = ZstdCodec(level=level, checksum=True)
+    for name, sample in (("images", (height, width, 3)), ("labels", (height, width))):
+        group.create_array(
+            name,
+            shape=(rows, *sample),
+            dtype="uint8",
+            chunks=(1, *sample),
+            shards=(shard_size, *sample),
+            compressors=codec,
+            fill_value=0,
+            dimension_names=("sample", "y", "x", "band")[: 1 + len(sample)],
+        )
+
+
+def ensure_capacity(store: SampleStore, rows: int) -> None:
+    """Grow both arrays (by doubling) to hold at least ``rows`` rows, under the lock."""
+    images, _ = store.arrays()
+    if images.shape[0] >= rows:
+        return
+    with store_lock(store.path):
+        images, labels = store.arrays(mode="r+")
+        if images.shape[0] >= rows:
+            return
+        new = max(rows, 2 * images.shape[0])
+        new = -(-new // store.shard_size) * store.shard_size
+        for array in (images, labels):
+            array.resize((new, *array.shape[1:]))
+        log.info("grew %s to %d rows", store.path, new)
+
+
+def committed_count(store: str | Path) -> int:
+    """Committed samples, from manifest footers only (no data read)."""
+    return sum(
+        pq.read_metadata(manifest_path(store, k)).num_rows for k in committed_shard_ids(store)
+    )
+
+
+def plan_shards(store: str | Path, quota: int, shard_size: int) -> list[int]:
+    """Shard ids among the first ``ceil(quota / shard_size)`` that are not committed yet."""
+    wanted = -(-quota // shard_size)
+    done = set(committed_shard_ids(store))
+    return [k for k in range(wanted) if k not in done]

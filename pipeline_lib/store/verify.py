@@ -1,0 +1,183 @@
+"""Check a store against its manifests, and summarise what it holds."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline_lib.data.classes import CLASS_NAMES
+from pipeline_lib.errors import StoreError
+from pipeline_lib.store.manifest import (
+    FRACTION_COLUMNS,
+    read_manifest,
+    read_shard_meta,
+    sha256,
+)
+from pipeline_lib.store.store import SampleStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of :func:`verify_store`.
+
+    ``problems`` mean committed data is wrong; ``orphans`` only waste space.
+    """
+
+    path: Path
+    shards: int
+    samples: int
+    problems: tuple[str, ...] = ()
+    orphans: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(path: str | Path, check_bytes: bool = True) -> VerifyReport:
+    """Re-read every committed sample and compare it with its manifest row and sha256.
+
+    Also lists orphans: uncommitted shard files (a run killed before its commit),
+    ``*.partial`` temp files, and manifests whose rows lie beyond the arrays.
+    """
+    store = SampleStore(path)
+    images, labels = store.arrays()
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    samples = 0
+    shards = store.committed_shards()
+    for shard_id in shards:
+        try:
+            table = read_manifest(store.path, shard_id)
+        except StoreError as error:
+            problems.append(str(error))
+            continue
+        rows = store.shard_rows(shard_id)
+        shard_cache: dict[str, np.ndarray] = {}
+        for row in table.to_pylist():
+            samples += 1
+            sid, index = row["sample_id"], row["index"]
+            where = f"shard {shard_id} sample {sid} (row {index})"
+            if sid in seen:
+                problems.append(f"{where}: duplicate sample_id, also in shard {seen[sid]}")
+            seen[sid] = shard_id
+            if row["shard_id"] != shard_id or index not in rows:
+                problems.append(
+                    f"{where}: row lies outside shard {shard_id}'s rows [{rows.start}, {rows.stop})"
+                )
+                continue
+            if index >= images.shape[0] or index >= labels.shape[0]:
+                problems.append(
+                    f"{where}: manifest points beyond the arrays ({images.shape[0]} rows)"
+                )
+                continue
+            if check_bytes:
+                problems.extend(_check_bytes(where, images, labels, row, shard_cache))
+    orphans = _orphans(store, set(shards))
+    report = VerifyReport(store.path, len(shards), samples, tuple(problems), tuple(orphans))
+    log.info(
+        "verified %s: %d shards, %d samples, %d problems, %d orphans",
+        store.path,
+        report.shards,
+        report.samples,
+        len(report.problems),
+        len(report.orphans),
+    )
+    return report
+
+
+def _check_bytes(where: str, images, labels, row: dict, cache: dict) -> list[str]:
+    index = row["index"]
+    try:
+        if not cache:
+            # One whole-shard read per array, not one per sample.
+            start = index - index % images.shards[0]
+            stop = min(start + images.shards[0], images.shape[0])
+            cache.update(start=start, images=images[start:stop], labels=labels[start:stop])
+        image = cache["images"][index - cache["start"]]
+        label = cache["labels"][index - cache["start"]]
+    except Exception:  # zstd checksum failures surface as codec errors: find the sample
+        try:
+            image, label = images[index], labels[index]
+        except Exception as error:
+            return [f"{where}: unreadable ({type(error).__name__}: {error})"]
+    out = []
+    if sha256(label) != row["label_sha256"]:
+        out.append(f"{where}: label bytes differ from the manifest sha256")
+    if sha256(image) != row["image_sha256"]:
+        out.append(f"{where}: image bytes differ from the manifest sha256")
+    return out
+
+
+def _orphans(store: SampleStore, committed: set[int]) -> list[str]:
+    found = [
+        f"{p}: temp file of an interrupted write" for p in sorted(store.path.rglob("*.partial"))
+    ]
+    for name in ("images", "labels"):
+        chunk_root = store.path / name / "c"
+        if not chunk_root.is_dir():
+            continue
+        for shard_dir in sorted(chunk_root.iterdir(), key=lambda p: p.name):
+            if shard_dir.name.isdigit() and int(shard_dir.name) not in committed:
+                found.append(
+                    f"{shard_dir}: data of uncommitted shard {shard_dir.name} "
+                    "(rewritten when that shard is generated)"
+                )
+    return found
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Counts, mean class fractions and QA / reject rates of a store."""
+
+    shards: int
+    samples: int
+    attempts: int
+    rejected: int
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    class_fractions: dict[str, float] = field(default_factory=dict)
+    mean_off_palette_share: float = 0.0
+    mean_small_fragment_share: float = 0.0
+    styles: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reject_rate(self) -> float:
+        return self.rejected / self.attempts if self.attempts else 0.0
+
+
+def store_stats(path: str | Path) -> StoreStats:
+    """Summarise a store from its manifests only (no pixel reads)."""
+    store = SampleStore(path)
+    table = store.manifest()
+    shards = store.committed_shards()
+    reasons: Counter[str] = Counter()
+    attempts = 0
+    for shard_id in shards:
+        meta = read_shard_meta(store.path, shard_id)
+        reasons.update({k: int(v) for k, v in meta.get("rejected", {}).items()})
+        attempts += int(meta.get("attempts", 0))
+
+    def mean(column: str) -> float:
+        values = table[column].to_numpy(zero_copy_only=False).astype(float)
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if len(values) else 0.0
+
+    fractions = {n: mean(c) for n, c in zip(CLASS_NAMES, FRACTION_COLUMNS, strict=True)}
+    styles = Counter(s or "" for s in table["style"].to_pylist())
+    return StoreStats(
+        shards=len(shards),
+        samples=table.num_rows,
+        attempts=attempts,
+        rejected=sum(reasons.values()),
+        reject_reasons=dict(reasons),
+        class_fractions=fractions,
+        mean_off_palette_share=mean("off_palette_share"),
+        mean_small_fragment_share=mean("small_fragment_share"),
+        styles=dict(styles),
+    )

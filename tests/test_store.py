@@ -1,0 +1,322 @@
+"""The sample store: round trip, exactly-once commits under SIGKILL, verify, export, readers."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+import torch
+import zarr
+from store_fakes import SIZE, fake_sample, fake_shard
+
+from pipeline_lib.config import GeoConfig
+from pipeline_lib.data.loveda import check_dataset, list_tiles, read_mask
+from pipeline_lib.errors import DataError, IntegrityError, ShardNotFoundError, StoreError
+from pipeline_lib.store import (
+    MANIFEST_SCHEMA,
+    SCHEMA_VERSION,
+    SampleStore,
+    StoreDataset,
+    commit_shard,
+    commit_staged_shard,
+    committed_count,
+    create_or_open_store,
+    export_store,
+    plan_shards,
+    read_manifests,
+    stage_shard,
+    store_stats,
+    verify_store,
+)
+from pipeline_lib.store.manifest import manifest_path, read_shard_meta
+
+CHILD = Path(__file__).with_name("store_writer_child.py")
+
+
+def make_store(path: Path, shards=(0, 1), kept: int = 3, shard_size: int = 4) -> SampleStore:
+    store = create_or_open_store(path, shard_size=shard_size, height=SIZE, width=SIZE)
+    for k in shards:
+        commit_shard(store, fake_shard(k, kept))
+    return store
+
+
+def run_child(store: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(CHILD), str(store), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_all_expected(store_path: Path, shards: range, kept: int) -> None:
+    """Every expected sample is committed exactly once with the expected bytes."""
+    table = read_manifests(store_path)
+    ids = table["sample_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == len(shards) * kept
+    store = SampleStore(store_path)
+    for row in table.to_pylist():
+        image, label = fake_sample(0, row["shard_id"], row["attempt"])
+        got_images, got_labels = store.read_rows([row["index"]])
+        np.testing.assert_array_equal(got_images[0], image)
+        np.testing.assert_array_equal(got_labels[0], label)
+
+
+def test_committed_samples_read_back_with_their_manifest_rows(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0, 3))
+    table = read_manifests(store.path)
+    assert table.schema.equals(MANIFEST_SCHEMA, check_metadata=False)
+    assert table["index"].to_pylist() == [0, 1, 2, 12, 13, 14]  # shard k owns rows [4k, 4k+4)
+    assert set(table["schema_version"].to_pylist()) == {SCHEMA_VERSION}
+    row = table.to_pylist()[4]
+    image, label, read_row = store.read_sample(row["sample_id"])
+    want_image, want_label = fake_sample(0, 3, row["attempt"])
+    np.testing.assert_array_equal(image, want_image)
+    np.testing.assert_array_equal(label, want_label)
+    fractions = [read_row[f"frac_{n}"] for n in ("background", "building", "road", "water")]
+    assert all(0 <= f <= 1 for f in fractions)
+    assert committed_count(store.path) == 6
+    assert plan_shards(store.path, quota=20, shard_size=4) == [1, 2, 4]
+    with pytest.raises(ShardNotFoundError, match="nope"):
+        store.read_sample("nope")
+
+
+def test_arrays_grow_by_doubling_and_stay_whole(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0, 9))
+    images, labels = store.arrays()
+    assert images.shape[0] >= 40 and images.shape[0] % 4 == 0
+    assert labels.shape == (images.shape[0], SIZE, SIZE)
+    assert verify_store(store.path).ok
+
+
+def test_committed_shard_is_never_rewritten(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+    before = manifest_path(store.path, 0).read_bytes()
+    result = commit_shard(store, fake_shard(0, 2, seed=5))
+    assert result.already_committed and result.kept == 3
+    assert manifest_path(store.path, 0).read_bytes() == before
+
+
+def test_staged_shard_is_invisible_until_committed(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=())
+    staged = stage_shard(store, fake_shard(2, 3))
+    assert committed_count(store.path) == 0 and plan_shards(store.path, 12, 4) == [0, 1, 2]
+    assert pickle.loads(pickle.dumps(staged)) == staged  # crosses a task boundary
+    result = commit_staged_shard(store, staged)
+    assert (result.kept, result.already_committed) == (3, False)
+    assert commit_staged_shard(store, staged).already_committed
+    with pytest.raises(StoreError, match="already committed"):
+        stage_shard(store, fake_shard(2, 3))
+
+
+def test_commit_refuses_staged_bytes_that_changed(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=())
+    staged = stage_shard(store, fake_shard(0, 3))
+    images, _ = store.arrays(mode="r+")
+    images[1] = 7  # e.g. another writer raced on the same shard
+    with pytest.raises(IntegrityError, match=staged.rows[1]["sample_id"]):
+        commit_staged_shard(store, staged)
+    assert committed_count(store.path) == 0
+
+
+def test_store_geometry_mismatch_and_bad_shards_are_errors(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=())
+    with pytest.raises(StoreError, match="shard_size"):
+        create_or_open_store(store.path, shard_size=8, height=SIZE, width=SIZE)
+    with pytest.raises(StoreError, match="exceed"):
+        commit_shard(store, fake_shard(0, 5))
+    bad = fake_shard(1, 2)
+    bad.labels[0, 0, 0] = 9
+    with pytest.raises(DataError, match="value 9"):
+        commit_shard(store, bad)
+    with pytest.raises(StoreError, match="no sample store"):
+        SampleStore(tmp_path / "missing.zarr")
+
+
+def test_killed_run_leaves_no_visible_partial_shard(tmp_path):
+    path = tmp_path / "s.zarr"
+    died = run_child(path, "--samples", "16", "--die-before-commit", "2")
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    # Shard 2's arrays landed but its manifest did not: invisible, reported as an orphan.
+    assert (path / "images" / "c" / "2").is_dir()
+    report = verify_store(path)
+    assert report.ok and report.shards == 2 and report.samples == 6
+    assert any("uncommitted shard 2" in o for o in report.orphans)
+    assert plan_shards(path, 16, 4) == [2, 3]
+
+    again = run_child(path, "--samples", "16")
+    assert again.returncode == 0, again.stderr
+    report = verify_store(path)
+    assert report.ok and report.orphans == () and report.samples == 12
+    assert_all_expected(path, range(4), 3)
+
+
+def test_sigkill_at_any_moment_then_rerun_is_exactly_once(tmp_path):
+    path = tmp_path / "s.zarr"
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(path), "--samples", "160"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not manifest_path(path, 1).exists():
+        assert child.poll() is None and time.monotonic() < deadline, "child never committed"
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    report = verify_store(path)
+    assert report.ok and 2 <= report.shards < 40
+    done = run_child(path, "--samples", "160")
+    assert done.returncode == 0, done.stderr
+    report = verify_store(path)
+    assert report.ok and report.shards == 40 and report.samples == 120
+    assert not [o for o in report.orphans if "uncommitted" in o]
+    ids = read_manifests(path)["sample_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 120
+
+
+def test_concurrent_writers_of_different_shards_lose_nothing(tmp_path):
+    path = tmp_path / "s.zarr"
+    make_store(path, shards=())
+    even = [str(k) for k in range(0, 24, 2)]
+    odd = [str(k) for k in range(1, 24, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(CHILD), str(path), "--samples", "96", "--only", *ids],
+            stderr=subprocess.PIPE,
+        )
+        for ids in (even, odd)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    report = verify_store(path)
+    assert report.ok and report.shards == 24
+    assert_all_expected(path, range(24), 3)
+
+
+def test_verify_detects_a_flipped_byte(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+    shard_file = store.path / "labels" / "c" / "0" / "0" / "0"
+    data = bytearray(shard_file.read_bytes())
+    data[40] ^= 0xFF
+    shard_file.write_bytes(bytes(data))
+    report = verify_store(store.path)
+    assert not report.ok
+    assert any("unreadable" in p or "sha256" in p for p in report.problems)
+    with pytest.raises(IntegrityError):
+        store.read_sample(read_manifests(store.path)["sample_id"][0].as_py())
+
+
+def test_verify_catches_wrong_bytes_even_without_codec_error(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+    images, _ = store.arrays(mode="r+")
+    images[1] = 0  # valid zstd, wrong pixels: only the manifest sha256 can tell
+    report = verify_store(store.path)
+    assert [p for p in report.problems if "image bytes differ" in p and "row 1" in p]
+    sample = read_manifests(store.path)["sample_id"][1].as_py()
+    with pytest.raises(IntegrityError, match=sample):
+        store.read_sample(sample)
+    store.read_sample(sample, verify=False)
+
+
+def test_verify_flags_manifests_pointing_beyond_the_arrays(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0, 3))
+    for array in store.arrays(mode="r+"):
+        array.resize((8, *array.shape[1:]))  # as if a resize had been lost
+    report = verify_store(store.path)
+    assert len([p for p in report.problems if "beyond the arrays" in p]) == 3
+
+
+def test_verify_lists_partial_files_as_orphans(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+    (store.path / "manifests" / ".shard-00001.parquet.123.partial").write_bytes(b"x")
+    report = verify_store(store.path)
+    assert report.ok and any(".partial" in o for o in report.orphans)
+    assert committed_count(store.path) == 3
+
+
+def test_manifests_read_with_pyarrow_and_duckdb(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0, 1, 2))
+    dataset = pads.dataset(str(store.path / "manifests"), format="parquet")
+    assert dataset.to_table().num_rows == 9
+    con = duckdb.connect()
+    rows = con.execute(
+        "select shard_id, count(*) as n, avg(frac_building) from "
+        f"read_parquet('{store.path}/manifests/*.parquet', union_by_name=true) "
+        "group by shard_id order by shard_id"
+    ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(0, 3), (1, 3), (2, 3)]
+    meta = read_shard_meta(store.path, 1)
+    assert meta["rejected"] == {"off_palette": 1} and meta["attempts"] == 4
+    schema = pq.read_schema(manifest_path(store.path, 0))
+    assert schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode()
+
+
+def test_manifest_of_unknown_schema_version_is_refused(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+    path = manifest_path(store.path, 0)
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({b"schema_version": b"99"}), path)
+    with pytest.raises(StoreError, match="schema_version 99"):
+        read_manifests(store.path)
+
+
+def test_stats_count_samples_rejects_and_classes(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0, 1))
+    stats = store_stats(store.path)
+    assert (stats.samples, stats.shards, stats.attempts, stats.rejected) == (6, 2, 8, 2)
+    assert stats.reject_rate == pytest.approx(0.25)
+    assert sum(stats.class_fractions.values()) == pytest.approx(1.0, abs=1e-4)
+    assert json.dumps(stats.reject_reasons) == '{"off_palette": 2}'
+
+
+def test_exported_loveda_layout_passes_the_data_check(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0, 1))
+    counts = export_store(store.path, tmp_path / "out", "loveda")
+    report = check_dataset(tmp_path / "out")
+    assert report.total_tiles == 6 and sum(counts.values()) == 6
+    tiles = list_tiles(tmp_path / "out")
+    assert {t.scene for t in tiles} == {"Urban", "Rural"}  # style urban/rural, rest -> Rural
+    row = read_manifests(store.path).to_pylist()[0]
+    tile = next(t for t in tiles if t.tile_id == str(row["index"]))
+    np.testing.assert_array_equal(read_mask(tile.mask_path), store.read_rows([row["index"]])[1][0])
+    with pytest.raises(DataError, match="not empty"):
+        export_store(store.path, tmp_path / "out", "loveda")
+
+
+def test_export_mmseg_and_geotiff_with_georeference(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+    assert export_store(store.path, tmp_path / "mm", "mmseg") == {"train": 3}
+    assert export_store(store.path, tmp_path / "two", "mmseg", limit=2) == {"train": 2}
+    assert len(list((tmp_path / "mm" / "ann_dir" / "train").glob("*.png"))) == 3
+    geo = GeoConfig(crs="EPSG:32650", origin_x=1000.0, origin_y=5000.0, pixel_size=0.5)
+    export_store(store.path, tmp_path / "geo", "geotiff", geo=geo, columns=2)
+    with rasterio.open(tmp_path / "geo" / "labels" / "2.tif") as src:
+        assert src.crs.to_epsg() == 32650
+        # Row 2 on a 2-wide grid: first column, second line of 16 px tiles at 0.5 m.
+        assert (src.transform.c, src.transform.f) == (1000.0, 5000.0 - 16 * 0.5)
+        np.testing.assert_array_equal(src.read(1), store.read_rows([2])[1][0])
+    with pytest.raises(DataError, match="unknown export format"):
+        export_store(store.path, tmp_path / "x", "png")
+    assert not (tmp_path / "x").exists()
+
+
+def test_dataset_works_in_dataloader_workers(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0, 1))
+    dataset = StoreDataset(store.path)
+    item = dataset[0]
+    assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
+    assert item["label"].dtype == torch.int64 and item["image"].max() <= 1
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, shuffle=False)
+    labels = torch.cat([batch["label"] for batch in loader])
+    assert labels.shape == (6, SIZE, SIZE)
+    expected = zarr.open_group(store.path, mode="r")["labels"][[0, 1, 2, 4, 5, 6]]
+    np.testing.assert_array_equal(labels.numpy(), expected)
