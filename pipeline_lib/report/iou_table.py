@@ -1,0 +1,64 @@
+"""The research's table: one row per training data, per-class IoU and mIoU, as JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from pipeline_lib.validate.results import ValidationReport
+
+
+def _cell(value: float) -> str:
+    # Absent classes have no IoU; "n/a" keeps the column aligned and honest.
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def markdown_table(report: ValidationReport) -> str:
+    """Rows Gen./Ori./Gen.+Ori. x columns background..agriculture, mIoU (IoU in [0, 1])."""
+    header = ["data", *report.classes, "mIoU"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report.rows:
+        cells = [row.data_name, *(_cell(row.iou[c]) for c in report.classes), _cell(row.miou)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(report: ValidationReport) -> str:
+    """The whole report page: what was evaluated, the table, and per-row training facts."""
+    first = report.rows[0]
+    parts = [
+        "# Validation: per-class IoU",
+        "",
+        f"Evaluated on the **{report.eval_split}** split of `{report.eval_root}` "
+        f"({report.eval_samples} tiles), model `{first.model}`"
+        f"{' with test-time augmentation' if first.tta else ''}.",
+        "",
+        markdown_table(report),
+        "",
+        "| data | train samples | iters | s/iter | mmseg mIoU (%) | checkpoint |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report.rows:
+        parts.append(
+            f"| {row.data_name} | {row.train_samples} | {row.iters} | "
+            f"{_cell(row.seconds_per_iter)} | {row.mmseg_miou:.2f} | `{row.checkpoint}` |"
+        )
+    parts += [
+        "",
+        "IoU from a confusion matrix over the whole split (no-data ignored); "
+        "n/a marks a class absent from both prediction and ground truth. "
+        "mIoU is the mean over present classes and matches mmseg's IoUMetric.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def write_markdown(report: ValidationReport, path: Path) -> Path:
+    Path(path).write_text(markdown(report))
+    return Path(path)
+
+
+def write_json(report: ValidationReport, path: Path) -> Path:
+    Path(path).write_text(json.dumps(report.to_json(), indent=2, allow_nan=False))
+    return Path(path)

@@ -1,0 +1,141 @@
+"""LoveDA data for mmseg: release-layout folders turned into mmseg datasets and pipelines.
+
+Each source is a LoveDA release-layout folder; it is exported once into mmseg's layout
+(``img_dir``/``ann_dir``) under the work dir, keyed by a fingerprint of its files so a
+changed folder is exported afresh. mmseg's LoveDADataset then reads it with
+``reduce_zero_label=True`` (raw 1..7 -> 0..6, no-data 0 -> 255, ignored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline_lib.data.loveda import export_mmseg, list_tiles
+from pipeline_lib.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DATASET_TYPE = "LoveDADataset"
+TRAIN, VAL = "Train", "Val"
+
+
+def fingerprint(root: Path, split: str) -> str:
+    """Short hash of a split's file names, sizes and mtimes: changes when the data does."""
+    digest = hashlib.sha256(str(Path(root).resolve()).encode())
+    for tile in list_tiles(root, [split]):
+        for path in (tile.image_path, tile.mask_path):
+            if path is not None:
+                stat = path.stat()
+                digest.update(
+                    f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+                )
+    return digest.hexdigest()[:16]
+
+
+def labelled_count(root: Path, split: str) -> int:
+    return sum(t.mask_path is not None for t in list_tiles(root, [split]))
+
+
+def prepare_split(root: Path, split: str, cache_dir: Path) -> Path:
+    """Export ``split`` of a release-layout folder to mmseg layout once; returns its data_root."""
+    root = Path(root)
+    if labelled_count(root, split) == 0:
+        raise DataError(
+            f"{root}: no labelled tiles in {split}; expected {split}/{{Urban,Rural}}/"
+            "{images_png,masks_png}/<id>.png (LoveDA release layout)"
+        )
+    out = Path(cache_dir) / f"{root.name}-{split.lower()}-{fingerprint(root, split)}"
+    if not out.is_dir():
+        log.info("exporting %s/%s to mmseg layout at %s", root, split, out)
+        export_mmseg(root, out, splits={split: split.lower()})
+    return out
+
+
+def train_pipeline(crop_size: int) -> list[dict[str, Any]]:
+    """mmseg's LoveDA train pipeline, scaled from its 512 crop to ``crop_size``."""
+    crop = (crop_size, crop_size)
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", reduce_zero_label=True),
+        dict(
+            type="RandomResize",
+            scale=(crop_size * 4, crop_size),
+            ratio_range=(0.5, 2.0),
+            keep_ratio=True,
+        ),
+        dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75),
+        dict(type="RandomFlip", prob=0.5),
+        dict(type="PhotoMetricDistortion"),
+        dict(type="PackSegInputs"),
+    ]
+
+
+def test_pipeline(crop_size: int, tta: bool = False) -> list[dict[str, Any]]:
+    """Evaluation at the training scale (LoveDA's 1024 -> 2x the 512 crop), optionally with TTA.
+
+    TTA is mmseg's: multi-scale x horizontal flip, merged by SegTTAModel.
+    """
+    scale = (crop_size * 2, crop_size * 2)
+    if not tta:
+        return [
+            dict(type="LoadImageFromFile"),
+            dict(type="Resize", scale=scale, keep_ratio=True),
+            dict(type="LoadAnnotations", reduce_zero_label=True),
+            dict(type="PackSegInputs"),
+        ]
+    ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(
+            type="TestTimeAug",
+            transforms=[
+                [dict(type="Resize", scale=scale, keep_ratio=True)],
+                [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in ratios],
+                [
+                    dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+                    dict(type="RandomFlip", prob=1.0, direction="horizontal"),
+                ],
+                # mmseg's own LoveDA tta_pipeline forgets reduce_zero_label: no-data would count.
+                [dict(type="LoadAnnotations", reduce_zero_label=True)],
+                [dict(type="PackSegInputs")],
+            ],
+        ),
+    ]
+
+
+def dataset_config(data_root: Path, split: str, pipeline: list[dict[str, Any]]) -> dict[str, Any]:
+    sub = split.lower()
+    return dict(
+        type=DATASET_TYPE,
+        data_root=str(data_root),
+        reduce_zero_label=True,
+        data_prefix=dict(img_path=f"img_dir/{sub}", seg_map_path=f"ann_dir/{sub}"),
+        pipeline=pipeline,
+    )
+
+
+def train_dataloader(roots: list[Path], crop_size: int, batch_size: int) -> dict[str, Any]:
+    """Infinite shuffled loader over the Train splits of ``roots`` (concatenated)."""
+    datasets = [dataset_config(r, TRAIN, train_pipeline(crop_size)) for r in roots]
+    dataset = datasets[0] if len(datasets) == 1 else dict(type="ConcatDataset", datasets=datasets)
+    # Worker processes would fight the 2 shared CPU cores; the pipeline is light.
+    return dict(
+        batch_size=batch_size,
+        num_workers=0,
+        persistent_workers=False,
+        sampler=dict(type="InfiniteSampler", shuffle=True),
+        dataset=dataset,
+    )
+
+
+def eval_dataloader(root: Path, crop_size: int, tta: bool = False) -> dict[str, Any]:
+    return dict(
+        batch_size=1,
+        num_workers=0,
+        persistent_workers=False,
+        sampler=dict(type="DefaultSampler", shuffle=False),
+        dataset=dataset_config(root, VAL, test_pipeline(crop_size, tta)),
+    )

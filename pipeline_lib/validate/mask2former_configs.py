@@ -1,0 +1,114 @@
+"""Mask2Former model presets for validation, as mmengine config dicts.
+
+``mask2former-r50`` and ``mask2former-swin-t`` are mmseg's own configs (the research's
+sizes), read from mmseg's packaged config folder and edited: 7 classes, plain BN (one
+process, no SyncBN), random init unless local backbone weights are given. ``mask2former-cpu``
+is the same architecture cut down (ResNet-18, 128 channels, 20 queries, 2 encoder +
+3 decoder layers) so tests and the demo train in seconds on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from pipeline_lib.data.classes import IGNORE_INDEX, NUM_CLASSES
+from pipeline_lib.errors import CheckpointError, ConfigError
+from pipeline_lib.validate.mmcv_compat import ensure_mmseg
+
+PRESETS = ("mask2former-cpu", "mask2former-r50", "mask2former-swin-t")
+_MMSEG_FILES = {
+    "mask2former-r50": "mask2former_r50_8xb2-160k_ade20k-512x512.py",
+    "mask2former-swin-t": "mask2former_swin-t_8xb2-160k_ade20k-512x512.py",
+    "mask2former-cpu": "mask2former_r50_8xb2-160k_ade20k-512x512.py",
+}
+# ImageNet mean/std in RGB order, as in every mmseg config.
+MEAN = [123.675, 116.28, 103.53]
+STD = [58.395, 57.12, 57.375]
+
+
+def mmseg_config_path(preset: str) -> Path:
+    ensure_mmseg()
+    import mmseg
+
+    return Path(mmseg.__file__).parent / ".mim" / "configs" / "mask2former" / _MMSEG_FILES[preset]
+
+
+def _load_mmseg_config(preset: str) -> Any:
+    from mmengine.config import Config
+
+    path = mmseg_config_path(preset)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: mmseg's Mask2Former config is missing; reinstall mmsegmentation==1.2.2"
+        )
+    return Config.fromfile(str(path))
+
+
+def _shrink_to_cpu(model: dict[str, Any], crop_size: int) -> None:
+    channels = 128
+    model["backbone"].update(depth=18)
+    head = model["decode_head"]
+    head.update(
+        in_channels=[64, 128, 256, 512],
+        feat_channels=channels,
+        out_channels=channels,
+        num_queries=20,
+    )
+    decoder_pe = dict(num_feats=channels // 2, normalize=True)
+    head["positional_encoding"] = decoder_pe
+    pixel = head["pixel_decoder"]
+    pixel["positional_encoding"] = copy.deepcopy(decoder_pe)
+    pixel["encoder"]["num_layers"] = 2
+    pixel["encoder"]["layer_cfg"]["self_attn_cfg"].update(embed_dims=channels, num_heads=4)
+    pixel["encoder"]["layer_cfg"]["ffn_cfg"].update(embed_dims=channels, feedforward_channels=512)
+    decoder = head["transformer_decoder"]
+    decoder["num_layers"] = 3
+    for key in ("self_attn_cfg", "cross_attn_cfg"):
+        decoder["layer_cfg"][key].update(embed_dims=channels, num_heads=4)
+    decoder["layer_cfg"]["ffn_cfg"].update(embed_dims=channels, feedforward_channels=512)
+    # Mask loss points per query: the research's 12544 exceeds a small crop's pixel count.
+    head["train_cfg"]["num_points"] = min(12544, crop_size * crop_size)
+
+
+def model_config(
+    preset: str, crop_size: int, pretrained_backbone: Path | None = None
+) -> dict[str, Any]:
+    """The ``model`` dict of a preset for ``NUM_CLASSES`` classes at ``crop_size``."""
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"validation.model {preset!r} is unknown; choose one of {', '.join(PRESETS)}"
+        )
+    model = _load_mmseg_config(preset).to_dict()["model"]
+    if preset == "mask2former-cpu":
+        _shrink_to_cpu(model, crop_size)
+    backbone = model["backbone"]
+    if pretrained_backbone is not None:
+        if not Path(pretrained_backbone).is_file():
+            raise CheckpointError(
+                f"validation.pretrained_backbone {pretrained_backbone} does not exist"
+            )
+        backbone["init_cfg"] = dict(type="Pretrained", checkpoint=str(pretrained_backbone))
+    else:
+        backbone["init_cfg"] = None
+    if "norm_cfg" in backbone:
+        # One process: SyncBN would fail. A random-init backbone must learn its BN affine.
+        backbone["norm_cfg"] = dict(type="BN", requires_grad=pretrained_backbone is None)
+    head = model["decode_head"]
+    head["num_classes"] = NUM_CLASSES
+    head["loss_cls"]["class_weight"] = [1.0] * NUM_CLASSES + [0.1]
+    model["data_preprocessor"].update(
+        mean=MEAN, std=STD, size=(crop_size, crop_size), seg_pad_val=IGNORE_INDEX
+    )
+    return model
+
+
+def optim_config(preset: str, lr: float, pretrained: bool = False) -> dict[str, Any]:
+    """mmseg's AdamW + parameter-wise multipliers of the preset, at learning rate ``lr``."""
+    optim = _load_mmseg_config(preset).to_dict()["optim_wrapper"]
+    optim["optimizer"]["lr"] = lr
+    if not pretrained:
+        # mmseg slows the backbone 10x to protect ImageNet features; a random one has none.
+        optim["paramwise_cfg"]["custom_keys"]["backbone"]["lr_mult"] = 1.0
+    return optim

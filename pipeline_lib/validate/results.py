@@ -1,0 +1,79 @@
+"""Small frozen results that cross task boundaries: one trained model's scores, and the report."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline_lib.data.classes import CLASS_NAMES
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Scores of one model trained on one data name, evaluated on one split."""
+
+    data_name: str
+    model: str
+    iters: int
+    train_samples: int
+    eval_samples: int
+    eval_root: str
+    eval_split: str
+    iou: dict[str, float]  # class name -> IoU in [0, 1]; NaN for a class absent from the split
+    miou: float
+    pixel_accuracy: float
+    mmseg_miou: float  # mmseg IoUMetric's mIoU (percent, rounded as it reports)
+    tta: bool
+    checkpoint: str
+    work_dir: str
+    train_seconds: float
+    seconds_per_iter: float
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["iou"] = {k: _nan_to_none(v) for k, v in self.iou.items()}
+        data["miou"] = _nan_to_none(self.miou)
+        data["seconds_per_iter"] = _nan_to_none(self.seconds_per_iter)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ValidationResult:
+        data = dict(data)
+        data["iou"] = {k: _none_to_nan(v) for k, v in data["iou"].items()}
+        data["miou"] = _none_to_nan(data["miou"])
+        data["seconds_per_iter"] = _none_to_nan(data["seconds_per_iter"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Gen./Ori./Gen.+Ori. rows of per-class IoU and mIoU, and where they were written."""
+
+    rows: tuple[ValidationResult, ...]
+    eval_root: str
+    eval_split: str
+    eval_samples: int
+    classes: tuple[str, ...] = CLASS_NAMES
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "eval_root": self.eval_root,
+            "eval_split": self.eval_split,
+            "eval_samples": self.eval_samples,
+            "classes": list(self.classes),
+            "columns": [*self.classes, "mIoU"],
+            "rows": [r.to_json() for r in self.rows],
+            "files": dict(self.files),
+        }
+
+
+def _nan_to_none(value: float) -> float | None:
+    # JSON has no NaN; null marks a class absent from the evaluation split.
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _none_to_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)

@@ -1,0 +1,50 @@
+"""Which LoveDA-layout folders each data name trains on: Gen. (the exported store), Ori., both."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+DATA_CHOICES = ("gen", "ori", "both")
+DATA_LABELS = {"gen": "Gen.", "ori": "Ori.", "both": "Gen.+Ori."}
+
+
+def export_generated(cfg: FactoryConfig, samples: int | None = None) -> Path:
+    """Export the store's first ``samples`` committed samples (all when None) to a LoveDA
+    Train folder, once per sample count: a quota step validates exactly its own samples."""
+    store = Path(cfg.store.path)
+    if not store.exists():
+        raise StoreError(
+            f"{store}: no generated store yet; run `lfactory generate CONFIG` "
+            "(or `lfactory run CONFIG`) first, or validate with --data ori"
+        )
+    from pipeline_lib.store.export import export_store
+    from pipeline_lib.store.store import committed_count
+
+    count = committed_count(store)
+    if samples is not None:
+        count = min(count, samples)
+    if count == 0:
+        raise StoreError(f"{store}: no committed samples yet; generate some before validating gen")
+    out = Path(cfg.validation.output) / "generated" / f"{store.name}-{count}"
+    if not out.is_dir():
+        log.info("exporting %d generated samples from %s to %s", count, store, out)
+        export_store(store, out, format="loveda", split="Train", limit=count)
+    return out
+
+
+def train_sources(
+    choices: Iterable[str], cfg: FactoryConfig, samples: int | None = None
+) -> dict[str, list[Path]]:
+    """Map each chosen data name to its release-layout folders, e.g. {"Gen.+Ori.": [gen, ori]}."""
+    choices = list(dict.fromkeys(choices))
+    generated = export_generated(cfg, samples) if {"gen", "both"} & set(choices) else None
+    original = Path(cfg.data.root)
+    folders = {"gen": [generated], "ori": [original], "both": [generated, original]}
+    return {DATA_LABELS[c]: folders[c] for c in choices}

@@ -1,0 +1,299 @@
+"""Validation backend: mmcv stand-in, metric cross-check, tiny training, report, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_lib.config import ValidationConfig
+from pipeline_lib.data.classes import IGNORE_INDEX, NUM_CLASSES, PALETTE
+from pipeline_lib.data.loveda import write_tile
+from pipeline_lib.errors import BackendUnavailableError, CheckpointError
+from pipeline_lib.validate import metrics
+from pipeline_lib.validate.mmcv_compat import ensure_mmseg, trust_checkpoint_dir
+
+TILE = 64
+
+
+def make_tiny_loveda(root: Path, seed: int, train: int = 6, val: int = 4) -> Path:
+    """Blocky masks of values 1..7 with a no-data band; images are the class colour + noise."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("Train", train), ("Val", val)):
+        for i in range(count):
+            blocks = rng.integers(1, 8, (4, 4))
+            mask = np.kron(blocks, np.ones((TILE // 4, TILE // 4), np.int64)).astype(np.uint8)
+            mask[: TILE // 8] = 0
+            noise = rng.integers(-20, 21, (TILE, TILE, 3))
+            image = np.clip(PALETTE[mask].astype(np.int64) + noise, 0, 255).astype(np.uint8)
+            write_tile(root, split, ("Urban", "Rural")[i % 2], str(i), image, mask)
+    return root
+
+
+def tiny_config(**changes) -> ValidationConfig:
+    values = dict(
+        model="mask2former-cpu",
+        iters=2,
+        batch_size=2,
+        crop_size=32,
+        val_interval=1000,
+        checkpoint_interval=2,
+        seed=0,
+    )
+    return ValidationConfig(**(values | changes))
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def _iou_metric_per_class(preds: list[np.ndarray], gts: list[np.ndarray]):
+    ensure_mmseg()
+    from mmseg.evaluation import IoUMetric
+
+    metric = IoUMetric(iou_metrics=["mIoU"], ignore_index=IGNORE_INDEX)
+    metric.dataset_meta = {"classes": [str(i) for i in range(NUM_CLASSES)]}
+    for pred, gt in zip(preds, gts, strict=True):
+        sample = {
+            "pred_sem_seg": {"data": torch.from_numpy(pred)[None]},
+            "gt_sem_seg": {"data": torch.from_numpy(gt)[None]},
+        }
+        metric.process({}, [sample])
+    areas = [torch.stack([r[i] for r in metric.results]).sum(0) for i in range(4)]
+    iou = IoUMetric.total_area_to_metrics(*areas, metrics=["mIoU"], nan_to_num=None)["IoU"]
+    return np.asarray(iou, np.float64), metric.compute_metrics(metric.results)["mIoU"]
+
+
+def test_numpy_iou_agrees_with_mmseg_iou_metric_with_ignored_pixels_and_an_absent_class():
+    rng = np.random.default_rng(0)
+    present = [c for c in range(NUM_CLASSES) if c != 4]
+    preds, gts = [], []
+    for _ in range(3):
+        gt = rng.choice(present, size=(40, 50)).astype(np.int64)
+        pred = np.where(rng.random(gt.shape) < 0.6, gt, rng.choice(present, size=gt.shape))
+        gt[rng.random(gt.shape) < 0.15] = IGNORE_INDEX
+        preds.append(pred)
+        gts.append(gt)
+    confusion = sum(metrics.confusion_matrix(p, g) for p, g in zip(preds, gts, strict=True))
+    ours = metrics.iou_per_class(confusion)
+    theirs, mmseg_miou = _iou_metric_per_class(preds, gts)
+
+    metrics.check_agreement(ours, theirs)
+    assert np.isnan(ours[4]) and np.isfinite(np.delete(ours, 4)).all()
+    assert confusion.sum() == sum(int((g != IGNORE_INDEX).sum()) for g in gts)
+    assert metrics.mean_iou(ours) == pytest.approx(np.nanmean(theirs), abs=1e-6)
+    assert round(metrics.mean_iou(ours) * 100, 2) == pytest.approx(mmseg_miou, abs=1e-9)
+
+
+def test_metric_mismatch_is_an_error_naming_both_values():
+    with pytest.raises(metrics.MetricMismatchError, match="mmseg IoUMetric"):
+        metrics.check_agreement(np.array([0.5, np.nan]), np.array([0.5, 0.1]))
+    with pytest.raises(metrics.MetricMismatchError):
+        metrics.check_agreement(np.array([0.5, 0.2]), np.array([0.5, 0.2 + 1e-5]))
+
+
+# --- mmcv compatibility ----------------------------------------------------------------------
+
+
+def test_mmcv_compiled_op_raises_backend_unavailable_with_what_to_do():
+    ensure_mmseg()
+    ext = sys.modules["mmcv._ext"]
+    ensure_mmseg()  # idempotent: the same stand-in stays installed
+    assert sys.modules["mmcv._ext"] is ext
+    assert ext.__spec__ is not None and ext.__spec__.name == "mmcv._ext"
+    import mmcv._ext
+
+    with pytest.raises(BackendUnavailableError, match="mmcv op nms is compiled-only") as error:
+        mmcv._ext.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+    assert isinstance(error.value, NotImplementedError)
+    assert "mmcv-lite" in str(error.value)
+
+
+def test_mmcv_stand_in_hides_dunder_attributes():
+    ensure_mmseg()
+    ext = sys.modules["mmcv._ext"]
+    with pytest.raises(AttributeError):
+        _ = ext.__file__
+    assert not hasattr(ext, "__path__")
+
+
+def test_deformable_attention_never_takes_the_compiled_path():
+    ensure_mmseg()
+    from mmcv.ops import MultiScaleDeformableAttention, multi_scale_deform_attn
+
+    assert multi_scale_deform_attn.IS_CUDA_AVAILABLE is False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    attn = MultiScaleDeformableAttention(
+        embed_dims=32, num_heads=4, num_levels=1, num_points=2, batch_first=True
+    ).to(device)
+    value = torch.randn(1, 16, 32, device=device)
+    out = attn(
+        value,
+        value=value,
+        reference_points=torch.rand(1, 16, 1, 2, device=device),
+        spatial_shapes=torch.tensor([[4, 4]], device=device),
+        level_start_index=torch.tensor([0], device=device),
+    )
+    assert out.shape == (1, 16, 32)
+
+
+def test_pickled_checkpoint_outside_a_trusted_work_dir_is_refused(tmp_path: Path):
+    ensure_mmseg()
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    path = tmp_path / "full.pth"
+    torch.save({"meta": {"where": Path("/x")}, "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="not a plain weights file"):
+        CheckpointLoader.load_checkpoint(str(path))
+    trust_checkpoint_dir(tmp_path)
+    assert CheckpointLoader.load_checkpoint(str(path))["meta"]["where"] == Path("/x")
+
+
+# --- training, report and resume -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """Two iterations on Gen.+Ori. (two concatenated sources), evaluated and reported."""
+    from pipeline_lib.validate import run_validation
+
+    base = tmp_path_factory.mktemp("validate")
+    gen, ori = make_tiny_loveda(base / "gen", 1), make_tiny_loveda(base / "ori", 2)
+    report = run_validation(
+        {"Gen.+Ori.": [gen, ori]}, ori, tiny_config(), base / "out", progress=False
+    )
+    return base, report
+
+
+@pytest.mark.slow
+def test_two_iteration_training_writes_a_well_formed_report(trained):
+    base, report = trained
+    out = base / "out"
+    data = json.loads((out / "report.json").read_text())
+    assert data["eval_split"] == "Val" and data["eval_root"] == str((base / "ori").resolve())
+    assert data["eval_samples"] == 4
+    assert data["columns"] == [
+        "background",
+        "building",
+        "road",
+        "water",
+        "barren",
+        "forest",
+        "agriculture",
+        "mIoU",
+    ]
+    row = data["rows"][0]
+    assert row["data_name"] == "Gen.+Ori." and row["train_samples"] == 12 and row["iters"] == 2
+    assert set(row["iou"]) == set(data["classes"])
+    assert all(v is None or 0.0 <= v <= 1.0 for v in row["iou"].values())
+    assert Path(row["checkpoint"]).is_file()
+    markdown = (out / "report.md").read_text()
+    assert (
+        "| data | background | building | road | water | barren | forest | agriculture | mIoU |"
+        in markdown
+    )
+    assert "| Gen.+Ori. |" in markdown and "**Val** split" in markdown
+    assert (out / "iou_bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(row["work_dir"]).name.startswith("gen-ori-")
+    assert (Path(row["work_dir"]) / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_rerun_with_the_same_budget_reuses_the_trained_model(trained):
+    from pipeline_lib.validate import run_data_name
+
+    base, report = trained
+    first = report.rows[0]
+    checkpoint_time = Path(first.checkpoint).stat().st_mtime_ns
+    again = run_data_name(
+        "Gen.+Ori.",
+        [base / "gen", base / "ori"],
+        base / "ori",
+        tiny_config(),
+        base / "out",
+        progress=False,
+    )
+    assert again.work_dir == first.work_dir and again.iters == 2
+    assert Path(first.checkpoint).stat().st_mtime_ns == checkpoint_time  # not retrained
+    assert again.iou == pytest.approx(first.iou, nan_ok=True)
+    assert again.seconds_per_iter == first.seconds_per_iter
+
+
+@pytest.mark.slow
+def test_resume_continues_the_iteration_count_with_the_saved_weights(trained, tmp_path: Path):
+    from mmengine.hooks import Hook
+
+    from pipeline_lib.validate import datasets, runner
+
+    base, report = trained
+    work = tmp_path / "run"
+    shutil.copytree(report.rows[0].work_dir, work)
+    (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
+    saved = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=False)["state_dict"]
+
+    class Probe(Hook):
+        def before_train(self, mm_runner) -> None:
+            self.iter = mm_runner.iter
+            self.lr = mm_runner.optim_wrapper.optimizer.param_groups[0]["lr"]
+            state = mm_runner.model.state_dict()
+            self.same = all(torch.equal(state[k], v) for k, v in saved.items())
+
+    roots = [
+        datasets.prepare_split(base / name, datasets.TRAIN, base / "out" / "data-cache")
+        for name in ("gen", "ori")
+    ]
+    eval_root = datasets.prepare_split(base / "ori", datasets.VAL, base / "out" / "data-cache")
+    config = runner.runner_config(roots, eval_root, tiny_config(iters=3), work, progress=False)
+    mm_runner = runner.build_runner(config, "resume-test")
+    probe = Probe()
+    mm_runner.register_hook(probe)
+    iters_done, _ = runner.train(mm_runner)
+
+    assert probe.iter == 2 and probe.same
+    # The poly schedule is stretched to the new end instead of staying at the old final 0.
+    assert probe.lr == pytest.approx(1e-4 * (1 - 2 / 3) ** 0.9, rel=1e-6)
+    assert iters_done == 1 and mm_runner.iter == 3
+    assert (work / "iter_3.pth").is_file()
+
+
+def test_training_key_changes_with_the_data_but_not_with_the_iteration_budget(tmp_path: Path):
+    from pipeline_lib.validate.experiment import training_key
+
+    data = make_tiny_loveda(tmp_path / "d", 3, train=2, val=1)
+    key = training_key([data], tiny_config())
+    assert training_key([data], tiny_config(iters=50, val_interval=5)) == key
+    assert training_key([data], tiny_config(lr=1e-3)) != key
+    write_tile(
+        data,
+        "Train",
+        "Urban",
+        "99",
+        np.zeros((TILE, TILE, 3), np.uint8),
+        np.ones((TILE, TILE), np.uint8),
+    )
+    assert training_key([data], tiny_config()) != key
+
+
+def test_cli_validate_gen_without_a_store_says_to_generate_first(tmp_path: Path):
+    import subprocess
+
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"work_dir": str(tmp_path / "w"), "data": {"synth": {"tiles": 2, "size": 32}}}
+        )
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "lfactory", "validate", str(config), "--data", "gen"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "no generated store yet" in run.stderr and "--data ori" in run.stderr
