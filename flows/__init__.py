@@ -1,0 +1,1 @@
+"""Prefect flows: the factory's pipeline diagram, composed from tasks."""

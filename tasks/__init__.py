@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over pipeline_lib that add retries, caching, tags and artifacts."""

@@ -1,0 +1,77 @@
+"""Flow: generate shards until the sample quota, validating at each quota step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+from prefect.runtime import deployment
+
+from flows.validate import validate_dataset, validation_deployment
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.quota import quota_steps_reached
+from pipeline_lib.store.store import committed_count, plan_shards
+from pipeline_lib.validate.steps import is_validated
+from tasks.artifacts import publish_shard, report_progress, start_progress
+from tasks.generation import commit_shard_task, generate_shard_task
+from tasks.options import configured, digest
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    store: Path
+    committed: int
+    shards_written: int
+    rejected: int
+    validated_steps: tuple[int, ...]
+
+
+def start_validation(config: FactoryConfig, step: int) -> None:
+    """Validate once per (data set, quota step): a deployment run when this flow is
+    deployed (its idempotency key makes a second start a no-op), a subflow otherwise."""
+    if is_validated(config.validation.output, step):
+        return
+    if deployment.get_id():
+        key = f"{config.name}:{digest(str(config.store.path))}:step-{step}"
+        run_deployment(
+            validation_deployment(config),
+            timeout=0,
+            idempotency_key=key,
+            parameters={"config": config.model_dump(mode="json"), "quota_step": step},
+        )
+        get_run_logger().info("started validation for quota step %d (key %s)", step, key)
+    else:
+        validate_dataset(config, quota_step=step)
+
+
+@flow(name="generate-shards")
+def generate_shards(config: FactoryConfig, style: str | None = None) -> GenerationSummary:
+    """Fill exactly the shards still missing below the quota; resumes where a run stopped.
+
+    With ``style``, only that declared style is drawn, into the style's own store.
+    """
+    if style is not None:
+        config = config.for_style(style)
+    quota, every = config.quota.samples, config.quota.validate_every
+    store = config.store.path
+    missing = plan_shards(store, quota, config.store.shard_size)
+    progress = start_progress(config.name, committed_count(store), quota)
+    generate, commit = (
+        configured(generate_shard_task, config),
+        configured(commit_shard_task, config),
+    )
+    rejected = 0
+    for shard_id in missing:
+        result = commit(config, generate(config, shard_id))
+        rejected += result.rejected
+        publish_shard(config.name, result)
+        report_progress(progress, committed_count(store), quota)
+        for step in quota_steps_reached(committed_count(store), every, quota):
+            start_validation(config, step)
+    committed = committed_count(store)
+    steps = quota_steps_reached(committed, every, quota)
+    for step in steps:  # a run killed between a commit and its validation catches up here
+        start_validation(config, step)
+    return GenerationSummary(store, committed, len(missing), rejected, tuple(steps))

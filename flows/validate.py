@@ -1,0 +1,32 @@
+"""Flow: train Mask2Former on Gen. / Ori. / Gen.+Ori. and publish the research's table."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.report.sample_grid import write_sample_grid
+from pipeline_lib.validate import ValidationReport
+from pipeline_lib.validate.steps import step_dir
+from tasks.artifacts import publish_validation
+from tasks.options import configured
+from tasks.validation import gather_sources, validate_data, write_report
+
+
+def validation_deployment(config: FactoryConfig) -> str:
+    """The ``flow/deployment`` name that ``lfactory serve`` registers for this config."""
+    return f"validate-dataset/{config.name}-validate"
+
+
+@flow(name="validate-dataset")
+def validate_dataset(config: FactoryConfig, quota_step: int | None = None) -> ValidationReport:
+    """``quota_step`` limits Gen. to the store's first that-many samples (None: all of them)."""
+    work_dir = step_dir(config.validation.output, quota_step)
+    sources = gather_sources(config, quota_step)
+    validate = configured(validate_data, config)
+    results = [validate(config, name, folders, work_dir) for name, folders in sources.items()]
+    report = write_report(results, work_dir)
+    uses_gen = any(d in ("gen", "both") for d in config.validation.data)
+    grid = write_sample_grid(config.store.path, work_dir / "samples.png") if uses_gen else None
+    publish_validation(config.name, report, quota_step, grid)
+    return report

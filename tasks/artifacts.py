@@ -1,0 +1,91 @@
+"""What the Prefect UI shows while the factory runs: progress, per-shard tables, reports."""
+
+from __future__ import annotations
+
+import base64
+import math
+from pathlib import Path
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from pipeline_lib.report.iou_table import markdown_table
+from pipeline_lib.store.shard_writer import ShardResult
+from pipeline_lib.validate import ValidationReport
+
+
+def _key(*parts: object) -> str:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    text = "-".join(str(p) for p in parts).lower()
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-")
+
+
+def start_progress(name: str, committed: int, quota: int) -> UUID:
+    return create_progress_artifact(
+        progress=100.0 * min(committed, quota) / quota,
+        key=_key(name, "generation-progress"),
+        description=f"{name}: committed samples toward the quota of {quota}",
+    )
+
+
+def report_progress(artifact_id: UUID, committed: int, quota: int) -> None:
+    update_progress_artifact(artifact_id, progress=100.0 * min(committed, quota) / quota)
+
+
+def publish_shard(name: str, result: ShardResult) -> None:
+    row = {
+        "shard": result.shard_id,
+        "samples": result.kept,
+        "rejects": result.rejected,
+        "reject reasons": ", ".join(f"{k}: {v}" for k, v in result.reasons.items()) or "-",
+    }
+    row.update({k: round(v, 4) for k, v in result.class_fractions.items()})
+    create_table_artifact(
+        table=[row],
+        key=_key(name, "shard", f"{result.shard_id:05d}"),
+        description=f"{name}: shard {result.shard_id} (samples, rejects, class fractions)",
+    )
+
+
+def _png_inline(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"![{alt}](data:image/png;base64,{data})"
+
+
+def publish_validation(
+    name: str, report: ValidationReport, step: int | None, grid: Path | None
+) -> None:
+    label = f"step {step}" if step is not None else "ad hoc"
+    rows = [
+        {
+            "data": r.data_name,
+            **{c: _round(r.iou[c]) for c in report.classes},
+            "mIoU": _round(r.miou),
+            "train samples": r.train_samples,
+        }
+        for r in report.rows
+    ]
+    create_table_artifact(
+        table=rows,
+        key=_key(name, "miou"),
+        description=f"{name}: Mask2Former mIoU ({label}) on {report.eval_split} "
+        f"of {report.eval_root}, {report.eval_samples} tiles",
+    )
+    parts = [f"# {name}: validation at {label}", "", markdown_table(report), ""]
+    if grid is not None:
+        parts += ["## Generated samples (label | image)", "", _png_inline(grid, "samples"), ""]
+    parts += ["## Per-class IoU", "", _png_inline(Path(report.files["bars"]), "IoU bars"), ""]
+    create_markdown_artifact(
+        markdown="\n".join(parts),
+        key=_key(name, "validation-report"),
+        description=f"{name}: validation report ({label})",
+    )
+
+
+def _round(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, 4)

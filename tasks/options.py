@@ -1,0 +1,93 @@
+"""What Prefect adds to every factory task: cache keys, retries, storage, OOM back-off."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import Task
+from prefect.filesystems import LocalFileSystem
+from prefect.logging import get_logger
+from prefect.settings import get_current_settings
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel
+
+from pipeline_lib.config import FactoryConfig
+
+GPU_TAG = "gpu"
+T = TypeVar("T")
+log = get_logger(__name__)
+
+
+def digest(*parts: Any) -> str:
+    """A stable cache key over config sections, hashes and plain values."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, BaseModel):
+            part = part.model_dump(mode="json")
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+@lru_cache(maxsize=16)
+def _result_storage(path: str, api_url: str | None) -> str:
+    # Prefect needs storage blocks saved server-side; one per results folder (and server).
+    name = f"lfactory-results-{digest(path)[:12]}"
+    LocalFileSystem(basepath=path).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
+def configured(task: Task, config: FactoryConfig, **options: Any) -> Task:
+    """``task`` with the run-time options the config sets: retries with exponential
+    back-off, a timeout, and results persisted under ``prefect.results_path`` (which is
+    also where cache records live, so a re-run anywhere that sees the path hits the cache).
+    """
+    p = config.prefect
+    return task.with_options(
+        retries=p.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=p.retry_delay_seconds)
+        if p.retries
+        else 0,
+        retry_jitter_factor=0.2 if p.retries else None,
+        timeout_seconds=p.task_timeout_seconds,
+        persist_result=True,
+        result_storage=_result_storage(str(p.results_path), get_current_settings().api.url),
+        **options,
+    )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def halve_on_oom(run: Callable[[int], T], batch_size: int, what: str) -> T:
+    """Call ``run(batch_size)``; on a CUDA out-of-memory error try again with half the batch."""
+    while True:
+        try:
+            return run(batch_size)
+        except Exception as error:  # noqa: BLE001 - re-raised unless it is an OOM
+            if not is_out_of_memory(error) or batch_size == 1:
+                raise
+            import torch
+
+            torch.cuda.empty_cache()
+            batch_size //= 2
+            log.warning("%s ran out of GPU memory; retrying with batch size %d", what, batch_size)
+
+
+def refreshed_if_missing(task: Task, *outputs: Path) -> Task:
+    """Bypass the cache when an output a cached result points at has gone from disk.
+
+    Cache keys name a task's inputs; only its outputs can tell that a cached result no
+    longer describes the files (someone deleted the models or the data set).
+    """
+    if all(Path(p).exists() for p in outputs):
+        return task
+    return task.with_options(refresh_cache=True)

@@ -1,0 +1,68 @@
+"""Tasks: fine-tune the label LoRA and train the ControlNet (GPU, cached, OOM-safe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.data.loveda import fingerprint
+from pipeline_lib.models.checkpoint import model_hash
+from pipeline_lib.train import TrainSummary, train_controlnet, train_label_lora
+from tasks.options import GPU_TAG, digest, halve_on_oom
+
+
+def _base_identity(config: FactoryConfig) -> str:
+    # A base built from a preset is a function of the preset and its seed (it may not exist
+    # yet when the key is computed); a real checkpoint is known by its files.
+    if config.models.preset is not None:
+        return f"preset:{config.models.preset}:{config.models.seed}"
+    return model_hash(Path(config.models.base))
+
+
+def _training_key(section: str):
+    def key(_: TaskRunContext, params: dict) -> str:
+        config: FactoryConfig = params["config"]
+        return digest(
+            f"train-{section}",
+            getattr(config, section),
+            config.models,
+            config.generation.prompt,
+            config.generation.styles,
+            _base_identity(config),
+            fingerprint(config.data.root),
+        )
+
+    return key
+
+
+def _with_batch(config: FactoryConfig, section: str, batch_size: int) -> FactoryConfig:
+    """Half the batch, twice the accumulation: the effective batch the config asked for."""
+    train = getattr(config, section)
+    if batch_size == train.batch_size:
+        return config
+    factor = train.batch_size // batch_size
+    smaller = train.model_copy(
+        update={"batch_size": batch_size, "grad_accum": train.grad_accum * factor}
+    )
+    return config.model_copy(update={section: smaller})
+
+
+@task(name="train-label-lora", tags=[GPU_TAG], cache_key_fn=_training_key("label_lora"))
+def train_label_lora_task(config: FactoryConfig) -> TrainSummary:
+    return halve_on_oom(
+        lambda b: train_label_lora(_with_batch(config, "label_lora", b), progress=False),
+        config.label_lora.batch_size,
+        "label LoRA training",
+    )
+
+
+@task(name="train-controlnet", tags=[GPU_TAG], cache_key_fn=_training_key("controlnet"))
+def train_controlnet_task(config: FactoryConfig) -> TrainSummary:
+    return halve_on_oom(
+        lambda b: train_controlnet(_with_batch(config, "controlnet", b), progress=False),
+        config.controlnet.batch_size,
+        "ControlNet training",
+    )

@@ -1,0 +1,195 @@
+"""Tasks, flows and deployments without a server: ``.fn``, keys, options, wiring."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import yaml
+
+from pipeline_lib.config import config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path: Path, **overrides) -> dict:
+    data = {
+        "name": "unit",
+        "work_dir": str(tmp_path / "work"),
+        "device": "cpu",
+        "data": {"synth": {"tiles": 4, "size": 64, "seed": 0}},
+        "models": {"preset": "tiny"},
+        "label_lora": {"steps": 2, "batch_size": 2, "resolution": 32},
+        "generation": {
+            "label_steps": 2,
+            "image_steps": 2,
+            "resolution": 32,
+            "batch_size": 2,
+            "qa": {"max_off_palette": 1.0, "max_small_fragment_share": 1.0},
+        },
+        "store": {"shard_size": 2},
+    }
+    data.update(overrides)
+    return data
+
+
+def test_library_never_imports_prefect():
+    code = (
+        "import pkgutil, importlib, sys, pipeline_lib\n"
+        "for m in pkgutil.walk_packages(pipeline_lib.__path__, 'pipeline_lib.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(n for n in sys.modules if n == 'prefect' or n.startswith('prefect.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_out_of_memory_retries_with_half_the_batch():
+    import torch
+
+    from tasks.options import halve_on_oom
+
+    tried = []
+
+    def run(batch: int) -> int:
+        tried.append(batch)
+        if batch > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batch
+
+    assert halve_on_oom(run, 8, "test") == 2
+    assert tried == [8, 4, 2]
+
+
+def test_other_errors_are_not_retried_by_the_oom_back_off():
+    from tasks.options import halve_on_oom
+
+    def run(batch: int) -> int:
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        halve_on_oom(run, 8, "test")
+
+
+def test_a_halved_training_batch_keeps_the_effective_batch(tmp_path):
+    from tasks.training import _with_batch
+
+    config = config_from_dict(tiny(tmp_path, label_lora={"batch_size": 8, "grad_accum": 2}))
+    smaller = _with_batch(config, "label_lora", 2).label_lora
+    assert (smaller.batch_size, smaller.grad_accum) == (2, 8)
+    assert config.label_lora.batch_size == 8, "the caller's config must not change"
+
+
+def test_training_cache_key_follows_its_inputs_and_not_whether_the_base_exists(tmp_path):
+    from tasks.training import _training_key
+
+    key = _training_key("label_lora")
+    (tmp_path / "work" / "data" / "loveda").mkdir(parents=True)
+    config = config_from_dict(tiny(tmp_path))
+    before = key(None, {"config": config})
+    (tmp_path / "work" / "models" / "sd").mkdir(parents=True)  # the base appears mid-run
+    assert key(None, {"config": config}) == before
+    changed = config_from_dict(tiny(tmp_path, label_lora={"steps": 3}))
+    assert key(None, {"config": changed}) != before
+    controlnet_only = config_from_dict(tiny(tmp_path, controlnet={"steps": 7}))
+    assert key(None, {"config": controlnet_only}) == before
+
+
+def test_prepare_data_task_synthesises_and_checks(tmp_path):
+    from prefect.logging import disable_run_logger
+
+    from tasks.data import prepare_data
+
+    config = config_from_dict(tiny(tmp_path))
+    with disable_run_logger():
+        summary = prepare_data.fn(config)
+    assert summary.root == config.data.root and summary.tiles == 8
+
+
+@pytest.mark.slow
+def test_generate_then_commit_tasks_publish_a_shard(tmp_path):
+    from prefect.logging import disable_run_logger
+
+    from pipeline_lib.models.checkpoint import init_models
+    from pipeline_lib.store.store import committed_count
+    from pipeline_lib.store.verify import verify_store
+    from tasks.generation import commit_shard_task, generate_shard_task
+
+    config = config_from_dict(tiny(tmp_path))
+    init_models(config.models.base, "tiny")
+    with disable_run_logger():
+        staged = generate_shard_task.fn(config, 0)
+        assert committed_count(config.store.path) == 0, "staged samples must stay invisible"
+        result = commit_shard_task.fn(config, staged)
+    assert (result.shard_id, result.kept) == (0, 2)
+    assert committed_count(config.store.path) == 2
+    assert verify_store(config.store.path).ok
+
+
+def test_validation_starts_once_per_step_through_the_deployment(tmp_path, monkeypatch):
+    import flows.generate as generate
+
+    config = config_from_dict(tiny(tmp_path))
+    calls = []
+    monkeypatch.setattr(generate.deployment, "get_id", lambda: str(uuid4()))
+    monkeypatch.setattr(generate, "run_deployment", lambda name, **kw: calls.append((name, kw)))
+    monkeypatch.setattr(generate, "get_run_logger", lambda: __import__("logging").getLogger())
+    generate.start_validation(config, 16)
+    ((name, options),) = calls
+    assert name == "validate-dataset/unit-validate"
+    assert options["timeout"] == 0 and options["parameters"]["quota_step"] == 16
+    assert options["idempotency_key"].endswith("step-16")
+    # Once the step's report exists, nothing is started again.
+    report = config.validation.output / "step-000016" / "report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text("{}")
+    generate.start_validation(config, 16)
+    assert len(calls) == 1
+
+
+def test_serve_builds_nightly_per_style_and_validation_deployments():
+    from deployments.serve import build_deployments
+    from flows.validate import validation_deployment
+
+    config = load_config(ROOT / "configs" / "tiny.yaml")
+    deployments = {d.name: d for d in build_deployments(config)}
+    assert set(deployments) == {
+        "tiny-nightly",
+        "tiny-validate",
+        "tiny-style-default",
+        "tiny-style-winter",
+    }
+    nightly = deployments["tiny-nightly"].schedules[0].schedule
+    assert (nightly.cron, nightly.timezone) == (
+        config.prefect.nightly_cron,
+        config.prefect.timezone,
+    )
+    assert deployments["tiny-style-winter"].parameters["style"] == "winter"
+    assert validation_deployment(config).split("/")[1] in deployments
+
+
+def test_a_style_run_writes_its_own_store(tmp_path):
+    config = config_from_dict(
+        tiny(tmp_path, generation={"styles": {"a": {}, "snow": {"prompt": "snow"}}})
+    )
+    snow = config.for_style("snow")
+    assert list(snow.generation.styles) == ["snow"]
+    assert snow.store.path != config.store.path and snow.name == "unit-snow"
+    with pytest.raises(ValueError, match="not declared"):
+        config.for_style("desert")
+
+
+def test_prefect_yaml_config_is_valid_and_names_the_validation_deployment():
+    from flows.validate import validation_deployment
+
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    for item in spec["deployments"]:
+        config = config_from_dict(item["parameters"]["config"], source="deployments/prefect.yaml")
+        if "style" in item["parameters"]:
+            config.for_style(item["parameters"]["style"])
+    assert validation_deployment(config).split("/")[1] in names
