@@ -11,6 +11,7 @@ from prefect.runtime import deployment
 
 from flows.validate import validate_dataset, validation_deployment
 from pipeline_lib.config import FactoryConfig
+from pipeline_lib.errors import FactoryError
 from pipeline_lib.quota import quota_steps_reached
 from pipeline_lib.store.store import committed_count, plan_shards
 from pipeline_lib.validate.steps import is_validated
@@ -48,7 +49,7 @@ def start_validation(config: FactoryConfig, step: int) -> None:
 
 @flow(name="generate-shards")
 def generate_shards(config: FactoryConfig, style: str | None = None) -> GenerationSummary:
-    """Fill exactly the shards still missing below the quota; resumes where a run stopped.
+    """Generate shards until the store holds the quota; resumes where a run stopped.
 
     With ``style``, only that declared style is drawn, into the style's own store.
     """
@@ -56,22 +57,27 @@ def generate_shards(config: FactoryConfig, style: str | None = None) -> Generati
         config = config.for_style(style)
     quota, every = config.quota.samples, config.quota.validate_every
     store = config.store.path
-    missing = plan_shards(store, quota, config.store.shard_size)
     progress = start_progress(config.name, committed_count(store), quota)
-    generate, commit = (
-        configured(generate_shard_task, config),
-        configured(commit_shard_task, config),
-    )
-    rejected = 0
-    for shard_id in missing:
-        result = commit(config, generate(config, shard_id))
-        rejected += result.rejected
-        publish_shard(config.name, result)
-        report_progress(progress, committed_count(store), quota)
-        for step in quota_steps_reached(committed_count(store), every, quota):
-            start_validation(config, step)
+    generate = configured(generate_shard_task, config)
+    commit = configured(commit_shard_task, config)
+    written = rejected = 0
+    # Rejected draws can leave a round short of the quota: top up with new shards.
+    while plan := plan_shards(store, quota, config.store.shard_size, top_up=True):
+        before = committed_count(store)
+        for shard_id in plan:
+            result = commit(config, generate(config, shard_id))
+            written, rejected = written + 1, rejected + result.rejected
+            publish_shard(config.name, result)
+            report_progress(progress, committed_count(store), quota)
+            for step in quota_steps_reached(committed_count(store), every, quota):
+                start_validation(config, step)
+        if committed_count(store) == before:
+            raise FactoryError(
+                f"{store}: QA rejected every draw of shards {plan}; relax generation.qa or "
+                "train the label LoRA longer (lfactory store stats shows the reasons)"
+            )
     committed = committed_count(store)
     steps = quota_steps_reached(committed, every, quota)
     for step in steps:  # a run killed between a commit and its validation catches up here
         start_validation(config, step)
-    return GenerationSummary(store, committed, len(missing), rejected, tuple(steps))
+    return GenerationSummary(store, committed, written, rejected, tuple(steps))

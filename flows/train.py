@@ -1,4 +1,5 @@
-"""Flow: prepare the data, fine-tune the label LoRA, train the ControlNet."""
+"""Flow: prepare the data, train a preset base's VAE, fine-tune the label LoRA, train the
+ControlNet."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from prefect import flow
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.train import TrainSummary
 from pipeline_lib.train.resumable import SUMMARY
+from pipeline_lib.train.vae import RECORD, vae_training_applies
 from tasks.data import prepare_data
 from tasks.options import configured, refreshed_if_missing
-from tasks.training import train_controlnet_task, train_label_lora_task
+from tasks.training import train_controlnet_task, train_label_lora_task, train_vae_task
 
 
 @flow(name="train-models")
 def train_models(config: FactoryConfig) -> dict[str, TrainSummary]:
-    data_ready = configured(refreshed_if_missing(prepare_data, config.data.root), config)
-    data_ready(config)
+    configured(refreshed_if_missing(prepare_data, config.data.root), config)(config)
     summaries = {}
+    if vae_training_applies(config):  # a from-scratch base needs its VAE before the generators
+        vae = refreshed_if_missing(train_vae_task, Path(config.models.base) / RECORD)
+        summaries["vae"] = configured(vae, config)(config)
     for name, train in (
         ("label_lora", train_label_lora_task),
         ("controlnet", train_controlnet_task),

@@ -14,7 +14,9 @@ from pipeline_lib.models.presets import PRESETS
 models_app = typer.Typer(
     help="Build local Stable Diffusion model directories.", no_args_is_help=True
 )
-train_app = typer.Typer(help="Train the label LoRA and the ControlNet.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train the VAE, the label LoRA and the ControlNet.", no_args_is_help=True
+)
 
 
 _OUT = typer.Argument(..., help="new SD directory (diffusers layout; ControlNet in OUT/controlnet)")
@@ -34,12 +36,15 @@ def init(
 
 def _train(kind: str, config: Path, max_steps: int | None, no_resume: bool) -> None:
     # Imported here so that `lfactory --help` stays fast.
-    from pipeline_lib.train import train_controlnet, train_label_lora
+    from pipeline_lib.train import train_controlnet, train_label_lora, train_vae
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(config)
-    trainer = train_label_lora if kind == "label-lora" else train_controlnet
-    summary = trainer(cfg, resume=not no_resume, max_steps=max_steps, progress=True)
+    trainers = {"vae": train_vae, "label-lora": train_label_lora, "controlnet": train_controlnet}
+    summary = trainers[kind](cfg, resume=not no_resume, max_steps=max_steps, progress=True)
+    if summary is None:
+        typer.echo(f"{kind}: nothing to train (models.preset is unset or vae.steps is 0)")
+        return
     state = "done" if summary.complete else "stopped"
     typer.echo(
         f"{kind}: {state} at step {summary.steps}/{summary.target_steps}, "
@@ -50,6 +55,14 @@ def _train(kind: str, config: Path, max_steps: int | None, no_resume: bool) -> N
 _MAX_STEPS = typer.Option(None, "--max-steps", help="stop (with a checkpoint) after this step")
 _NO_RESUME = typer.Option(False, "--no-resume", help="ignore and delete earlier checkpoints")
 _CONFIG = typer.Argument(..., help="factory YAML config")
+
+
+@train_app.command("vae")
+def vae(
+    config: Path = _CONFIG, max_steps: int | None = _MAX_STEPS, no_resume: bool = _NO_RESUME
+) -> None:
+    """Train a preset base's VAE on images and labels, once, into models.base/vae."""
+    _train("vae", config, max_steps, no_resume)
 
 
 @train_app.command("label-lora")

@@ -41,7 +41,7 @@ def generate(
     cfg = _config(config, store)
     wanted = samples or cfg.quota.samples
     size = cfg.store.shard_size
-    plan = plan_shards(cfg.store.path, wanted, size)
+    plan = plan_shards(cfg.store.path, wanted, size, top_up=True)
     typer.echo(
         f"{cfg.store.path}: {committed_count(cfg.store.path)} samples committed, "
         f"{len(plan)} shard(s) of {size} to generate"

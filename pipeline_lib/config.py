@@ -84,9 +84,11 @@ class VaeConfig(TrainConfig):
     ``output`` holds checkpoints and the summary; the VAE itself goes into the base.
     """
 
-    steps: int = Field(200, ge=0, description="0 keeps the preset's random VAE")
+    steps: int = Field(800, ge=0, description="0 keeps the preset's random VAE")
     batch_size: int = Field(4, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
+    lr_warmup_steps: int = Field(20, ge=0)
+    checkpoint_every: int = Field(200, ge=1)
     label_weight: float = Field(2.0, gt=0, description="loss weight of labels over images")
     kl_weight: float = Field(1e-6, ge=0)
 

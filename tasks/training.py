@@ -1,4 +1,5 @@
-"""Tasks: fine-tune the label LoRA and train the ControlNet (GPU, cached, OOM-safe)."""
+"""Tasks: train a preset base's VAE, fine-tune the label LoRA, train the ControlNet
+(GPU, cached, OOM-safe)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from prefect.context import TaskRunContext
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.data.loveda import fingerprint
 from pipeline_lib.models.checkpoint import model_hash
-from pipeline_lib.train import TrainSummary, train_controlnet, train_label_lora
+from pipeline_lib.train import TrainSummary, train_controlnet, train_label_lora, train_vae
 from tasks.options import GPU_TAG, digest, halve_on_oom
 
 
@@ -18,7 +19,7 @@ def _base_identity(config: FactoryConfig) -> str:
     # A base built from a preset is a function of the preset and its seed (it may not exist
     # yet when the key is computed); a real checkpoint is known by its files.
     if config.models.preset is not None:
-        return f"preset:{config.models.preset}:{config.models.seed}"
+        return digest("preset", config.models.preset, config.models.seed, config.vae)
     return model_hash(Path(config.models.base))
 
 
@@ -50,10 +51,20 @@ def _with_batch(config: FactoryConfig, section: str, batch_size: int) -> Factory
     return config.model_copy(update={section: smaller})
 
 
+@task(name="train-vae", tags=[GPU_TAG], cache_key_fn=_training_key("vae"))
+def train_vae_task(config: FactoryConfig) -> TrainSummary | None:
+    """The VAE of a from-scratch preset base, trained once and installed into the base."""
+    return halve_on_oom(
+        lambda b: train_vae(_with_batch(config, "vae", b), progress=True),
+        config.vae.batch_size,
+        "VAE training",
+    )
+
+
 @task(name="train-label-lora", tags=[GPU_TAG], cache_key_fn=_training_key("label_lora"))
 def train_label_lora_task(config: FactoryConfig) -> TrainSummary:
     return halve_on_oom(
-        lambda b: train_label_lora(_with_batch(config, "label_lora", b), progress=False),
+        lambda b: train_label_lora(_with_batch(config, "label_lora", b), progress=True),
         config.label_lora.batch_size,
         "label LoRA training",
     )
@@ -62,7 +73,7 @@ def train_label_lora_task(config: FactoryConfig) -> TrainSummary:
 @task(name="train-controlnet", tags=[GPU_TAG], cache_key_fn=_training_key("controlnet"))
 def train_controlnet_task(config: FactoryConfig) -> TrainSummary:
     return halve_on_oom(
-        lambda b: train_controlnet(_with_batch(config, "controlnet", b), progress=False),
+        lambda b: train_controlnet(_with_batch(config, "controlnet", b), progress=True),
         config.controlnet.batch_size,
         "ControlNet training",
     )

@@ -26,6 +26,7 @@ def minimal_config(work_dir: Path) -> dict:
         "device": "cpu",
         "data": {"synth": {"tiles": 4, "size": 64, "seed": 0}},
         "models": {"preset": "tiny"},
+        "vae": train,
         "label_lora": train,
         "controlnet": train,
         "generation": {

@@ -56,7 +56,7 @@ def test_tiny_init_loads_in_plain_sd_pipeline_and_generates(tiny):
         generator=torch.Generator().manual_seed(0),
     ).images
     assert images.shape == (1, 64, 64, 3)
-    assert pipe.vae_scale_factor == TINY.vae_scale_factor == 4
+    assert pipe.vae_scale_factor == TINY.vae_scale_factor == 2
 
 
 def test_tiny_init_loads_in_plain_controlnet_pipeline_and_generates(tiny):

@@ -22,6 +22,7 @@ def tiny(tmp_path: Path, **overrides) -> dict:
         "device": "cpu",
         "data": {"synth": {"tiles": 4, "size": 64, "seed": 0}},
         "models": {"preset": "tiny"},
+        "vae": {"steps": 2, "batch_size": 2, "resolution": 32},
         "label_lora": {"steps": 2, "batch_size": 2, "resolution": 32},
         "generation": {
             "label_steps": 2,

@@ -320,3 +320,11 @@ def test_dataset_works_in_dataloader_workers(tmp_path):
     assert labels.shape == (6, SIZE, SIZE)
     expected = zarr.open_group(store.path, mode="r")["labels"][[0, 1, 2, 4, 5, 6]]
     np.testing.assert_array_equal(labels.numpy(), expected)
+
+
+def test_top_up_plans_new_shards_when_rejections_left_the_store_short(tmp_path):
+    path = tmp_path / "s.zarr"
+    assert run_child(path, "--samples", "8").returncode == 0  # 2 shards keep 3 of 4 each
+    assert plan_shards(path, 8, 4) == []
+    assert plan_shards(path, 8, 4, top_up=True) == [2]
+    assert plan_shards(path, 6, 4, top_up=True) == []

@@ -197,8 +197,18 @@ def committed_count(store: str | Path) -> int:
     )
 
 
-def plan_shards(store: str | Path, quota: int, shard_size: int) -> list[int]:
-    """Shard ids among the first ``ceil(quota / shard_size)`` that are not committed yet."""
+def plan_shards(store: str | Path, quota: int, shard_size: int, top_up: bool = False) -> list[int]:
+    """Shard ids among the first ``ceil(quota / shard_size)`` that are not committed yet.
+
+    With ``top_up``, once those are all committed but QA rejections left the store short
+    of ``quota`` samples, the ids after the highest committed shard that would cover the
+    shortfall at ``shard_size`` samples each.
+    """
     wanted = -(-quota // shard_size)
     done = set(committed_shard_ids(store))
-    return [k for k in range(wanted) if k not in done]
+    plan = [k for k in range(wanted) if k not in done]
+    short = quota - committed_count(store)
+    if plan or not top_up or short <= 0:
+        return plan
+    start = max(done) + 1
+    return list(range(start, start + -(-short // shard_size)))

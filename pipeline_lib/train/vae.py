@@ -1,0 +1,252 @@
+"""The VAE of a from-scratch (preset) base, trained on aerial images and colourised labels.
+
+The label LoRA and the ControlNet learn in the VAE's latent space, so a random VAE
+makes both useless: a colourised label round-tripped through it keeps 1-3% of its
+pixels. This stage trains the base's own VAE once, before them, and installs it into
+``<base>/vae``, so everything that loads the base picks it up unchanged (its hash
+changes, and generation manifests record that). ``<base>/vae_training.json`` records
+what was trained, so a second call does not train again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file
+
+from pipeline_lib.config import FactoryConfig, VaeConfig
+from pipeline_lib.errors import CheckpointError
+from pipeline_lib.models.checkpoint import ensure_base_models, model_hash
+from pipeline_lib.train.datasets import Batch, PairSampler
+from pipeline_lib.train.resumable import (
+    SUMMARY,
+    TrainJob,
+    TrainSummary,
+    config_hash,
+    make_accelerator,
+    run_training,
+    train_section_hash,
+)
+
+log = logging.getLogger(__name__)
+
+RECORD = "vae_training.json"
+VAE_SUBDIR = "vae"
+PRESET_RECORD = "preset.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+# Labels and images drawn to measure the latent scale, from steps past the training run.
+_CALIBRATION_SAMPLES = 64
+
+
+def vae_training_applies(cfg: FactoryConfig) -> bool:
+    """True for a base built from a preset (random VAE) with ``vae.steps > 0``."""
+    return cfg.models.preset is not None and cfg.vae.steps > 0
+
+
+def vae_loss(
+    vae: AutoencoderKL, batch: Batch, train: VaeConfig, device: torch.device
+) -> torch.Tensor:
+    """L1 + MSE reconstruction of labels and images (labels weighted up), plus a small KL."""
+    labels, images = batch.label * 2 - 1, batch.image
+    pixels = torch.cat([labels, images]).to(device)
+    dist = vae.encode(pixels).latent_dist
+    # Per-sample generators: the posterior draws do not depend on how a step is split.
+    draws = [_posterior_noise(int(s), dist.mean.shape[1:]) for s in batch.seeds]
+    noise = torch.stack(draws + draws).to(device)
+    error = vae.decode(dist.mean + dist.std * noise).sample - pixels
+    per_sample = (error.abs() + error.square()).mean(dim=(1, 2, 3))
+    weights = torch.ones_like(per_sample)
+    weights[: len(labels)] = train.label_weight
+    reconstruction = (weights * per_sample).sum() / weights.sum()
+    return reconstruction + train.kl_weight * dist.kl().mean()
+
+
+def _posterior_noise(seed: int, shape: torch.Size) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=gen)
+
+
+@torch.no_grad()
+def latent_scale(vae: AutoencoderKL, sampler: PairSampler, step: int) -> float:
+    """1 / std of the latents of a fixed set of labels and images.
+
+    Diffusion assumes unit-variance latents; SD's 0.18215 is this number for its own VAE,
+    and a from-scratch VAE's latents have another scale.
+    """
+    batch = sampler.batch(step, 0, _CALIBRATION_SAMPLES // 2)
+    pixels = torch.cat([batch.label * 2 - 1, batch.image]).to(vae.device)
+    was_training = vae.training
+    vae.eval()
+    std = vae.encode(pixels).latent_dist.mode().float().std().item()
+    vae.train(was_training)
+    # Rounded, so that the config (and the base hash) is the same on every machine.
+    return float(f"{1.0 / max(std, 1e-6):.4g}")
+
+
+def save_vae(vae: AutoencoderKL, sampler: PairSampler, train: VaeConfig, output: Path) -> None:
+    """Save in diffusers' layout with the measured latent scaling factor."""
+    vae.register_to_config(scaling_factor=latent_scale(vae, sampler, train.steps))
+    vae.save_pretrained(output, safe_serialization=True)
+
+
+def install_vae(trained: Path, base: Path, record: dict[str, Any]) -> None:
+    """Swap ``trained`` into ``base/vae`` and then write the record.
+
+    The new folder is staged beside the old one, so a kill leaves either VAE whole;
+    ``train_vae`` puts the old one back if a kill came before the record.
+    """
+    staged = base / f".{VAE_SUBDIR}.partial"
+    old = base / f".{VAE_SUBDIR}.old"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    for name in ("config.json", WEIGHTS):
+        shutil.copy2(trained / name, staged / name)
+    shutil.rmtree(old, ignore_errors=True)
+    (base / VAE_SUBDIR).rename(old)
+    staged.rename(base / VAE_SUBDIR)
+    tmp = base / f".{RECORD}.partial"
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    tmp.rename(base / RECORD)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("installed the trained VAE into %s (base hash %s)", base, model_hash(base))
+
+
+def _restore_interrupted_swap(base: Path) -> None:
+    # Without a record the install did not finish: the old (untrained) VAE is the one.
+    old = base / f".{VAE_SUBDIR}.old"
+    if not old.is_dir():
+        return
+    if not (base / RECORD).is_file():
+        log.warning("restoring %s from an interrupted VAE install", base / VAE_SUBDIR)
+        shutil.rmtree(base / VAE_SUBDIR, ignore_errors=True)
+        old.rename(base / VAE_SUBDIR)
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_record(base: Path) -> dict[str, Any] | None:
+    """The ``vae_training.json`` of ``base``, or None when its VAE was never trained."""
+    path = base / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _load_vae(folder: Path) -> AutoencoderKL:
+    # Not from_pretrained: it writes the source path into the saved config, and the
+    # trained VAE's hash (hence the base's) would then differ from machine to machine.
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
+    vae.load_state_dict(load_file(folder / WEIGHTS))
+    return vae
+
+
+def _initial_hash(base: Path) -> str:
+    # The untrained VAE is fixed by the preset and seed; unlike the base's hash, this
+    # survives the install, so a run killed after it still resumes.
+    preset = base / PRESET_RECORD
+    if not preset.is_file():
+        raise CheckpointError(
+            f"{base}: no {PRESET_RECORD}, so not built by `lfactory models init`; "
+            "VAE training is for preset bases (set vae.steps: 0 for a real checkpoint)"
+        )
+    return config_hash(json.loads(preset.read_text()))
+
+
+def _recorded_summary(train: VaeConfig, record: dict[str, Any]) -> TrainSummary:
+    path = train.output / SUMMARY
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        known = {f.name for f in fields(TrainSummary)}
+        if saved.get("config_hash") == record["config_hash"] and known <= set(saved):
+            saved["loss_curve"] = [tuple(p) for p in saved["loss_curve"]]
+            return TrainSummary(**{k: saved[k] for k in known})
+    return TrainSummary(
+        kind="vae",
+        output=str(train.output),
+        steps=record["steps"],
+        target_steps=record["steps"],
+        complete=True,
+        final_loss=None,
+        loss_curve=[],
+        wall_time_s=0.0,
+        samples_per_s=0.0,
+        steps_per_s=0.0,
+        config_hash=record["config_hash"],
+        base_model_hash=record["initial_hash"],
+        resumed_from=record["steps"],
+        seed=record["seed"],
+        device="",
+        output_hash=record["vae_hash"],
+    )
+
+
+def train_vae(
+    cfg: FactoryConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True
+) -> TrainSummary | None:
+    """Train a preset base's VAE once and install it into ``<base>/vae``.
+
+    Returns None when there is nothing to train (no preset, or ``vae.steps: 0``);
+    checkpoints and the summary live in ``cfg.vae.output``.
+    """
+    train = cfg.vae
+    if not vae_training_applies(cfg):
+        log.info("vae: not trained (models.preset unset or vae.steps is 0)")
+        return None
+    base = Path(cfg.models.base)
+    _restore_interrupted_swap(base)
+    base = ensure_base_models(cfg)
+    section_hash = train_section_hash(train)
+    record = read_record(base)
+    if record is not None:
+        if record["config_hash"] != section_hash or record["steps"] != train.steps:
+            raise CheckpointError(
+                f"{base / VAE_SUBDIR} was trained with other vae settings "
+                f"({record['steps']} steps, config hash {record['config_hash']}); rebuild the "
+                f"base with `lfactory models init {base} --preset {cfg.models.preset} --force` "
+                "to train it again"
+            )
+        log.info("vae: %s already trained (%s); not training again", base, RECORD)
+        return _recorded_summary(train, record)
+
+    accelerator = make_accelerator(cfg, train)
+    vae = _load_vae(base / VAE_SUBDIR)
+    vae.requires_grad_(True).to(accelerator.device)
+    sampler = PairSampler(cfg.data.root, train.resolution, train.seed, with_images=True)
+
+    def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
+        with accelerator.autocast():
+            return vae_loss(job.model, batch, train, accelerator.device)
+
+    job = TrainJob(
+        kind="vae",
+        model=vae,
+        batch=lambda step, micro: sampler.batch(step, micro, train.batch_size),
+        loss=step_loss,
+        save_final=lambda out: save_vae(accelerator.unwrap_model(job.model), sampler, train, out),
+        samples_per_step=2 * train.batch_size * train.grad_accum,
+        config_hash=section_hash,
+        base_model_hash=_initial_hash(base),
+        output=train.output,
+    )
+    summary = run_training(
+        job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
+    )
+    if summary.complete:
+        install_vae(
+            train.output,
+            base,
+            {
+                "kind": "vae",
+                "config_hash": section_hash,
+                "steps": train.steps,
+                "seed": train.seed,
+                "initial_hash": job.base_model_hash,
+                "vae_hash": summary.output_hash,
+            },
+        )
+    return summary
