@@ -51,29 +51,25 @@ def _with_batch(config: FactoryConfig, section: str, batch_size: int) -> Factory
     return config.model_copy(update={section: smaller})
 
 
+def _train_with_oom_back_off(train, config: FactoryConfig, section: str, what: str):
+    return halve_on_oom(
+        lambda b: train(_with_batch(config, section, b), progress=True),
+        getattr(config, section).batch_size,
+        what,
+    )
+
+
 @task(name="train-vae", tags=[GPU_TAG], cache_key_fn=_training_key("vae"))
 def train_vae_task(config: FactoryConfig) -> TrainSummary | None:
     """The VAE of a from-scratch preset base, trained once and installed into the base."""
-    return halve_on_oom(
-        lambda b: train_vae(_with_batch(config, "vae", b), progress=True),
-        config.vae.batch_size,
-        "VAE training",
-    )
+    return _train_with_oom_back_off(train_vae, config, "vae", "VAE training")
 
 
 @task(name="train-label-lora", tags=[GPU_TAG], cache_key_fn=_training_key("label_lora"))
 def train_label_lora_task(config: FactoryConfig) -> TrainSummary:
-    return halve_on_oom(
-        lambda b: train_label_lora(_with_batch(config, "label_lora", b), progress=True),
-        config.label_lora.batch_size,
-        "label LoRA training",
-    )
+    return _train_with_oom_back_off(train_label_lora, config, "label_lora", "label LoRA training")
 
 
 @task(name="train-controlnet", tags=[GPU_TAG], cache_key_fn=_training_key("controlnet"))
 def train_controlnet_task(config: FactoryConfig) -> TrainSummary:
-    return halve_on_oom(
-        lambda b: train_controlnet(_with_batch(config, "controlnet", b), progress=True),
-        config.controlnet.batch_size,
-        "ControlNet training",
-    )
+    return _train_with_oom_back_off(train_controlnet, config, "controlnet", "ControlNet training")

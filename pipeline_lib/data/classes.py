@@ -43,10 +43,13 @@ PALETTE.setflags(write=False)
 VALUE_BY_NAME = {c.name: c.value for c in CLASSES}
 
 
+def fractions_from_counts(counts: np.ndarray) -> dict[str, float]:
+    """Share of each class among labelled pixels, from a bincount of raw values."""
+    counts = np.asarray(counts)
+    labelled = counts[1 : MAX_VALUE + 1].sum()
+    return {c.name: float(counts[c.value] / labelled) if labelled else 0.0 for c in CLASSES}
+
+
 def class_fractions(mask: np.ndarray) -> dict[str, float]:
     """Share of each class among the labelled (non-no-data) pixels of a raw mask."""
-    counts = np.bincount(np.asarray(mask).ravel(), minlength=MAX_VALUE + 1)[: MAX_VALUE + 1]
-    labelled = counts[1:].sum()
-    if labelled == 0:
-        return {name: 0.0 for name in CLASS_NAMES}
-    return {c.name: float(counts[c.value] / labelled) for c in CLASSES}
+    return fractions_from_counts(np.bincount(np.asarray(mask).ravel(), minlength=MAX_VALUE + 1))

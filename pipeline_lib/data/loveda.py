@@ -22,7 +22,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE
+from pipeline_lib.data.classes import MAX_VALUE, fractions_from_counts
 from pipeline_lib.errors import DataError
 
 SPLITS = ("Train", "Val", "Test")
@@ -169,11 +169,7 @@ class CheckReport:
         return sum(self.tiles.values())
 
     def class_fractions(self) -> dict[str, float]:
-        labelled = self.pixel_counts[1:].sum()
-        return {
-            name: float(self.pixel_counts[i + 1] / labelled) if labelled else 0.0
-            for i, name in enumerate(CLASS_NAMES)
-        }
+        return fractions_from_counts(self.pixel_counts)
 
     def no_data_fraction(self) -> float:
         total = self.pixel_counts.sum()

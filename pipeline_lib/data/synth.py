@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline_lib.data.classes import MAX_VALUE, VALUE_BY_NAME
+from pipeline_lib.data.classes import MAX_VALUE, VALUE_BY_NAME, fractions_from_counts
 from pipeline_lib.data.loveda import staged_dir, write_tile
 from pipeline_lib.errors import DataError
 
@@ -414,14 +414,5 @@ def make_synthetic_loveda(
         }
         (tmp / "synth.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote %d synthetic tiles of %d px to %s (seed %d)", len(plan), size, out, seed)
-    fractions = {scene: class_fractions_from_counts(c) for scene, c in pixels.items()}
+    fractions = {scene: fractions_from_counts(c) for scene, c in pixels.items()}
     return SynthSummary(out, size, seed, counts, fractions)
-
-
-def class_fractions_from_counts(counts: np.ndarray) -> dict[str, float]:
-    """Class shares from a bincount of raw values (no-data excluded)."""
-    labelled = counts[1:].sum()
-    return {
-        name: float(counts[VALUE_BY_NAME[name]] / labelled) if labelled else 0.0
-        for name in VALUE_BY_NAME
-    }
