@@ -41,6 +41,11 @@ def run(config_path: ConfigArg) -> None:
         f"{generation.shards_written} shards and {generation.rejected} rejects in this run)"
     )
     typer.echo(f"manifests: {result.manifests}/*.parquet")
+    verified = result.verified
+    typer.echo(
+        f"verified:  {verified.samples} samples in {verified.shards} shards match their "
+        f"checksums ({len(verified.orphans)} orphan(s))"
+    )
     for report in result.reports:
         typer.echo(f"report:    {report}")
     typer.echo(f"UI again:  lfactory server {config_path}")

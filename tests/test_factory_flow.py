@@ -101,6 +101,7 @@ def test_factory_completes_with_a_store_and_a_report(first_run):
     assert state.is_completed(), state.message
     result = state.result()
     assert result.generation.committed == 4
+    assert result.verified.ok and result.verified.samples == 4
     assert len(result.reports) == 1 and result.reports[0].is_file()
 
 

@@ -1,0 +1,29 @@
+"""Task: re-read every committed sample of the store against its manifest checksums."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.errors import IntegrityError
+from pipeline_lib.store.manifest import manifest_dir
+from pipeline_lib.store.verify import VerifyReport, verify_store
+from tasks.options import digest
+
+
+def _manifests_key(_: TaskRunContext, params: dict) -> str:
+    # A store is re-verified whenever its set of committed shards changes.
+    manifests = manifest_dir(params["config"].store.path)
+    files = sorted((p.name, p.stat().st_size) for p in manifests.glob("*.parquet"))
+    return digest("verify-store", str(manifests), files)
+
+
+@task(name="verify-store", cache_key_fn=_manifests_key)
+def verify_store_task(config: FactoryConfig) -> VerifyReport:
+    report = verify_store(config.store.path)
+    if not report.ok:
+        raise IntegrityError(
+            f"{report.path}: {len(report.problems)} problem(s): " + "; ".join(report.problems[:5])
+        )
+    return report
