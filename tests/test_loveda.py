@@ -114,3 +114,19 @@ def test_export_mmseg_refuses_a_non_empty_target(fake_root: Path, tmp_path: Path
     with pytest.raises(DataError, match="not empty"):
         export_mmseg(fake_root, out)
     assert (out / "keep.txt").read_text() == "mine"
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "loveda-real"
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"genuine LoveDA tiles not found at {REAL}")
+def test_genuine_loveda_tiles_read_and_check():
+    from pipeline_lib.data.loveda import read_image
+
+    report = check_dataset(REAL)
+    assert report.tiles == {("Train", "Rural"): 14}
+    # Tile 18's no-data band: 262,523 pixels of value 0 (the release's own counts).
+    mask = read_mask(REAL / "Train" / "Rural" / "masks_png" / "18.png")
+    assert int((mask == 0).sum()) == 262523 and mask.shape == (1024, 1024)
+    assert read_image(REAL / "Train" / "Rural" / "images_png" / "18.png").shape == (1024, 1024, 3)
+    assert 0.4 < report.class_fractions()["agriculture"] < 0.5
