@@ -20,6 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from typer.testing import CliRunner
 
 from lfactory.model_commands import register
+from pipeline_lib.config import DEFAULT_PROMPT
 from pipeline_lib.errors import CheckpointError, ConfigError
 from pipeline_lib.models.checkpoint import (
     check_controlnet_dir,
@@ -83,7 +84,10 @@ def test_tokenizer_tells_words_apart_after_save_and_load(tiny):
     forest, water = tokenizer(["forest", "water"]).input_ids
     assert forest != water
     assert forest[0] == tokenizer.bos_token_id and forest[-1] == tokenizer.eos_token_id
-    assert tokenizer.model_max_length == 77
+    # Byte-level tokens: the default prompt plus a style must fit, or the style is cut off.
+    prompt = f"{DEFAULT_PROMPT}, winter, snow-covered fields"
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    assert ids[-1] == tokenizer.eos_token_id and len(ids) == len(prompt.replace(" ", "")) + 2
 
 
 def test_sd15_shape_preset_has_sd15_parameter_counts():

@@ -315,7 +315,11 @@ def test_dataset_works_in_dataloader_workers(tmp_path):
     item = dataset[0]
     assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
     assert item["label"].dtype == torch.int64 and item["image"].max() <= 1
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, shuffle=False)
+    # spawn: this test process may already run Prefect's background threads (the factory
+    # test), and forking a threaded process is unsafe whatever the dataset does.
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=2, num_workers=2, shuffle=False, multiprocessing_context="spawn"
+    )
     labels = torch.cat([batch["label"] for batch in loader])
     assert labels.shape == (6, SIZE, SIZE)
     expected = zarr.open_group(store.path, mode="r")["labels"][[0, 1, 2, 4, 5, 6]]

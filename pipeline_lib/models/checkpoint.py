@@ -84,7 +84,8 @@ def build_components(preset: str | Preset, seed: int = 0) -> dict[str, Any]:
         "unet": unet,
         "vae": vae,
         "text_encoder": text_encoder,
-        "tokenizer": build_tokenizer(),
+        # Byte-level tokens: a prompt takes as many positions as it has characters.
+        "tokenizer": build_tokenizer(preset.text_encoder["max_position_embeddings"]),
         "scheduler": DDIMScheduler(**preset.scheduler),
     }
 

@@ -43,7 +43,13 @@ class Preset:
 
 
 def _text_encoder(
-    hidden: int, layers: int, heads: int, intermediate: int, vocab_size: int, projection_dim: int
+    hidden: int,
+    layers: int,
+    heads: int,
+    intermediate: int,
+    vocab_size: int,
+    projection_dim: int,
+    max_length: int = MAX_LENGTH,
 ) -> dict[str, Any]:
     vocab = byte_vocab()
     return {
@@ -51,7 +57,7 @@ def _text_encoder(
         "intermediate_size": intermediate,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "max_position_embeddings": MAX_LENGTH,
+        "max_position_embeddings": max_length,
         "vocab_size": vocab_size,
         "projection_dim": projection_dim,
         "hidden_act": "quick_gelu",
@@ -99,6 +105,8 @@ TINY = Preset(
         intermediate=64,
         vocab_size=len(byte_vocab()),
         projection_dim=32,
+        # Byte-level tokens: room for the default prompt plus a style (77 would cut styles off).
+        max_length=256,
     ),
     controlnet_conditioning_channels=(16, 32),
 )

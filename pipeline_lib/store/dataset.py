@@ -18,6 +18,8 @@ class StoreDataset(Dataset):
 
     The sample list is fixed at construction (from the manifests); the Zarr arrays are
     opened lazily, once per process, so forked or spawned workers never share handles.
+    Inside a process that runs threads (a Prefect flow does), give the DataLoader
+    ``multiprocessing_context="spawn"``: forking a threaded process is unsafe.
     ``image`` is CHW float32 in [0, 1] (or uint8 with ``as_float=False``); ``label`` is
     HW int64 with raw LoveDA values 0..7.
     """
