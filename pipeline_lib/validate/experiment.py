@@ -19,6 +19,7 @@ from pipeline_lib.errors import DataError
 from pipeline_lib.validate import datasets
 from pipeline_lib.validate.metrics import mean_iou, pixel_accuracy
 from pipeline_lib.validate.results import ValidationReport, ValidationResult
+from pipeline_lib.validate.steps import REPORT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def assemble_report(results: Sequence[ValidationResult], output_dir: Path) -> Va
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     files = {
-        "json": output_dir / "report.json",
+        "json": output_dir / REPORT_FILE,
         "markdown": output_dir / "report.md",
         "bars": output_dir / "iou_bars.png",
     }

@@ -1,8 +1,14 @@
-"""Where each validation round writes: one folder per quota step, so reports never overwrite."""
+"""Where each validation round writes: one folder per quota step, so reports never overwrite.
+
+A step's report on disk is its record of completion: validation runs once per
+(data set, quota step), however often generation passes the step.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+REPORT_FILE = "report.json"
 
 
 def step_dir(output: str | Path, quota_step: int | None) -> Path:
@@ -14,9 +20,5 @@ def step_dir(output: str | Path, quota_step: int | None) -> Path:
     return Path(output) / f"step-{quota_step:06d}"
 
 
-REPORT_FILE = "report.json"
-
-
 def is_validated(output: str | Path, quota_step: int) -> bool:
-    """A step's report on disk is its record of completion: validate once per step."""
     return (step_dir(output, quota_step) / REPORT_FILE).is_file()
