@@ -26,7 +26,7 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium could not be installed; the UI screenshot test will be skipped"
 
-## Lint, then the full test suite (slow tests included; about 15 minutes on 2 cores).
+## Lint, then the full test suite (slow tests included; about 4 minutes on 2 idle cores).
 test: install browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
