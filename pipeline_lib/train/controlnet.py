@@ -21,7 +21,7 @@ from pipeline_lib.models.checkpoint import (
     load_sd_components,
     model_hash,
 )
-from pipeline_lib.train.datasets import Batch, PairSampler
+from pipeline_lib.train.datasets import Batch
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.resumable import (
     TrainJob,
@@ -59,16 +59,7 @@ def train_controlnet(
         place(frozen.requires_grad_(False).eval(), accelerator.device, dtype)
     controlnet.requires_grad_(True).to(accelerator.device)
 
-    sampler = PairSampler(
-        cfg.data.root,
-        train.resolution,
-        train.seed,
-        with_images=True,
-        empty_prompt_prob=train.empty_prompt_prob,
-    )
-    loss = DiffusionLoss(
-        cfg, sd, sampler, train.seed, train.batch_size, accelerator.device, dtype, use_label=False
-    )
+    loss = DiffusionLoss.for_training(cfg, train, sd, accelerator.device, dtype, use_label=False)
 
     def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
         noisy, t, text, target = loss.inputs(batch)

@@ -17,7 +17,7 @@ from peft.utils import get_peft_model_state_dict
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.models.checkpoint import ensure_base_models, load_sd_components, model_hash
-from pipeline_lib.train.datasets import Batch, PairSampler
+from pipeline_lib.train.datasets import Batch
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.resumable import (
     TrainJob,
@@ -75,16 +75,7 @@ def train_label_lora(
     place(sd.unet, accelerator.device, dtype)
     cast_training_params(sd.unet, dtype=torch.float32)
 
-    sampler = PairSampler(
-        cfg.data.root,
-        lora.resolution,
-        lora.seed,
-        with_images=False,
-        empty_prompt_prob=lora.empty_prompt_prob,
-    )
-    loss = DiffusionLoss(
-        cfg, sd, sampler, lora.seed, lora.batch_size, accelerator.device, dtype, use_label=True
-    )
+    loss = DiffusionLoss.for_training(cfg, lora, sd, accelerator.device, dtype, use_label=True)
 
     def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
         noisy, t, text, target = loss.inputs(batch)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from pipeline_lib.config import FactoryConfig
+from pipeline_lib.config import FactoryConfig, TrainConfig
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.models.checkpoint import SDComponents
 from pipeline_lib.train.datasets import Batch, PairSampler
@@ -61,6 +61,27 @@ class DiffusionLoss:
         self.noise_scheduler = DDPMScheduler.from_config(sd.scheduler.config)
         embeddings = encode_prompts(sd, [training_prompt(cfg), ""], device, dtype)
         self.prompt, self.empty = embeddings[:1], embeddings[1:]
+
+    @classmethod
+    def for_training(
+        cls,
+        cfg: FactoryConfig,
+        train: TrainConfig,
+        sd: SDComponents,
+        device: torch.device,
+        dtype: torch.dtype,
+        use_label: bool,
+    ) -> DiffusionLoss:
+        """The loss of one trainer, sampling ``cfg.data.root`` as ``train`` says; images
+        are read only when they are what gets noised (the ControlNet's case)."""
+        sampler = PairSampler(
+            cfg.data.root,
+            train.resolution,
+            train.seed,
+            with_images=not use_label,
+            empty_prompt_prob=train.empty_prompt_prob,
+        )
+        return cls(cfg, sd, sampler, train.seed, train.batch_size, device, dtype, use_label)
 
     def batch(self, step: int, micro: int) -> Batch:
         """The data of one micro-batch (run in DataLoader workers)."""
