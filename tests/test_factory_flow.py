@@ -9,45 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factory_configs import minimal_config
 
 from pipeline_lib.config import config_from_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 SUBFLOWS = ("train-models", "generate-shards", "validate-dataset")
-
-
-def minimal_config(work_dir: Path) -> dict:
-    """The smallest factory that still goes through every stage."""
-    train = {"steps": 2, "batch_size": 2, "resolution": 32, "checkpoint_every": 2, "lr": 1e-3}
-    return {
-        "name": "flowtest",
-        "work_dir": str(work_dir),
-        "device": "cpu",
-        "data": {"synth": {"tiles": 4, "size": 64, "seed": 0}},
-        "models": {"preset": "tiny"},
-        "vae": train,
-        "label_lora": train,
-        "controlnet": train,
-        "generation": {
-            "label_steps": 2,
-            "image_steps": 2,
-            "resolution": 32,
-            "batch_size": 2,
-            "qa": {"max_off_palette": 1.0, "max_small_fragment_share": 1.0},
-        },
-        "store": {"shard_size": 2},
-        "quota": {"samples": 4, "validate_every": 4},
-        "validation": {
-            "data": ["gen", "ori"],
-            "iters": 2,
-            "batch_size": 2,
-            "crop_size": 32,
-            "val_interval": 2,
-            "checkpoint_interval": 2,
-        },
-        "prefect": {"retries": 1, "retry_delay_seconds": 0},
-    }
 
 
 @pytest.fixture(scope="module")

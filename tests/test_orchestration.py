@@ -9,32 +9,15 @@ from uuid import uuid4
 
 import pytest
 import yaml
+from factory_configs import minimal_config
 
 from pipeline_lib.config import config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny(tmp_path: Path, **overrides) -> dict:
-    data = {
-        "name": "unit",
-        "work_dir": str(tmp_path / "work"),
-        "device": "cpu",
-        "data": {"synth": {"tiles": 4, "size": 64, "seed": 0}},
-        "models": {"preset": "tiny"},
-        "vae": {"steps": 2, "batch_size": 2, "resolution": 32},
-        "label_lora": {"steps": 2, "batch_size": 2, "resolution": 32},
-        "generation": {
-            "label_steps": 2,
-            "image_steps": 2,
-            "resolution": 32,
-            "batch_size": 2,
-            "qa": {"max_off_palette": 1.0, "max_small_fragment_share": 1.0},
-        },
-        "store": {"shard_size": 2},
-    }
-    data.update(overrides)
-    return data
+def tiny(tmp_path: Path, **sections) -> dict:
+    return minimal_config(tmp_path / "work", name="unit", **sections)
 
 
 def test_library_never_imports_prefect():
