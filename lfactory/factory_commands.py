@@ -29,8 +29,10 @@ def run(config_path: ConfigArg) -> None:
     from deployments.local_server import api_or_local_server, ui_url
     from deployments.serve import ensure_gpu_limit
     from flows.factory import factory
+    from pipeline_lib.data.prepare import check_data_paths
 
     config = load_config(config_path)
+    check_data_paths(config.data)  # a wrong folder fails now, not after a server start
     with api_or_local_server(_prefect_home(config)) as api:
         typer.echo(f"Prefect UI: {ui_url(api)}  (flow runs; artifacts: progress, shards, mIoU)")
         ensure_gpu_limit(config.prefect.gpu_concurrency)

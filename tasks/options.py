@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import Task
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_logger
 from prefect.settings import get_current_settings
@@ -17,6 +19,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
 from pipeline_lib.config import FactoryConfig
+from pipeline_lib.errors import FactoryError
 
 GPU_TAG = "gpu"
 T = TypeVar("T")
@@ -42,14 +45,54 @@ def _result_storage(path: str, api_url: str | None) -> str:
     return f"local-file-system/{name}"
 
 
+# OSErrors that name a path which is not there or not allowed: the same call fails again.
+_DETERMINISTIC_OS_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def is_worth_retrying(error: BaseException) -> bool:
+    """Whether a second try of the same call can succeed: GPU memory, I/O and network
+    errors, a server hiccup. A ``FactoryError`` (bad data, config or store) never can."""
+    if isinstance(error, FactoryError):
+        return False
+    if is_out_of_memory(error):
+        return True
+    if isinstance(error, OSError):  # includes ConnectionError and TimeoutError
+        return not isinstance(error, _DETERMINISTIC_OS_ERRORS)
+    import httpx
+
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code >= 500 or error.response.status_code == 429
+    return isinstance(error, httpx.TransportError)
+
+
+def retry_only_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect's ``retry_condition_fn``: retry a failed run only when its error is
+    worth another try (see ``is_worth_retrying``)."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if error is None:
+        try:
+            error = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - an unreadable result: retry as before
+            return True
+    return not isinstance(error, BaseException) or is_worth_retrying(error)
+
+
 def configured(task: Task, config: FactoryConfig, **options: Any) -> Task:
     """``task`` with the run-time options the config sets: retries with exponential
-    back-off, a timeout, and results persisted under ``prefect.results_path`` (which is
-    also where cache records live, so a re-run anywhere that sees the path hits the cache).
+    back-off for errors a second try can cure (never a ``FactoryError``), a timeout, and
+    results persisted under ``prefect.results_path`` (which is also where cache records
+    live, so a re-run anywhere that sees the path hits the cache).
     """
     p = config.prefect
     return task.with_options(
         retries=p.retries,
+        retry_condition_fn=retry_only_transient,
         retry_delay_seconds=exponential_backoff(backoff_factor=p.retry_delay_seconds)
         if p.retries
         else 0,
@@ -62,9 +105,11 @@ def configured(task: Task, config: FactoryConfig, **options: Any) -> Task:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    # Only code that imported torch can have run out of GPU memory.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
 def halve_on_oom(run: Callable[[int], T], batch_size: int, what: str) -> T:

@@ -146,3 +146,26 @@ def test_the_ui_shows_the_flow_run_and_its_artifacts(first_run, prefect_api, tmp
     _browse(flow_run, tmp_path, screenshot=shot)
     image = read_image(shot)
     assert image.shape[:2] == (1000, 1400) and np.std(image) > 10, "the page rendered blank"
+
+
+def test_a_factory_error_fails_its_task_at_once_without_retries(prefect_api, tmp_path):
+    from prefect import flow, task
+
+    from pipeline_lib.errors import DataError
+    from tasks.options import configured
+
+    config = config_from_dict(minimal_config(tmp_path, prefect={"retries": 3}))
+    calls = []
+
+    @task(name="bad-data")
+    def bad_data() -> None:
+        calls.append(1)
+        raise DataError(f"{tmp_path}/Train: missing folder")
+
+    @flow(name="fails-at-once")
+    def fails_at_once() -> None:
+        configured(bad_data, config)()
+
+    with pytest.raises(DataError, match="missing folder"):
+        fails_at_once()
+    assert len(calls) == 1, "a FactoryError must not be retried"

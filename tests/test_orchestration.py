@@ -177,3 +177,77 @@ def test_prefect_yaml_config_is_valid_and_names_the_validation_deployment():
         if "style" in item["parameters"]:
             config.for_style(item["parameters"]["style"])
     assert validation_deployment(config).split("/")[1] in names
+
+
+def _failed(error: BaseException):
+    from prefect.states import Failed
+
+    return Failed(data=error, message=repr(error))
+
+
+def test_only_errors_a_second_try_can_cure_are_retried():
+    import torch
+
+    from pipeline_lib.errors import CheckpointError, ConfigError, DataError, StoreError
+    from tasks.options import retry_only_transient
+
+    for error in (
+        DataError("data/Train: missing folder"),
+        ConfigError("bad key"),
+        StoreError("store is damaged"),
+        CheckpointError("no unet"),  # a FactoryError that is also an OSError
+        FileNotFoundError("gone"),
+        ValueError("a bug"),
+    ):
+        assert not retry_only_transient(None, None, _failed(error)), error
+    for error in (
+        torch.OutOfMemoryError("CUDA out of memory"),
+        ConnectionError("transient: worker lost its lease"),
+        TimeoutError("read timed out"),
+        OSError(5, "Input/output error"),
+    ):
+        assert retry_only_transient(None, None, _failed(error)), error
+
+
+def test_configured_tasks_retry_with_the_transient_only_rule(tmp_path, monkeypatch):
+    import tasks.options
+    from tasks.options import configured, retry_only_transient
+    from tasks.training import train_label_lora_task
+
+    # Saving the result-storage block needs a server; the retry options do not.
+    monkeypatch.setattr(tasks.options, "_result_storage", lambda *a: None)
+    config = config_from_dict(tiny(tmp_path))
+    task = configured(train_label_lora_task, config)
+    assert task.retries == 1
+    assert task.retry_condition_fn is retry_only_transient
+
+
+def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    from lfactory.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lfactory", *map(str, argv)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_run_on_a_missing_data_root_exits_2_with_one_line_before_any_server(
+    tmp_path, monkeypatch, capsys
+):
+    import time
+
+    import deployments.local_server
+
+    def no_server(*_a, **_k):
+        raise AssertionError("a server was started for a run that cannot succeed")
+
+    monkeypatch.setattr(deployments.local_server, "api_or_local_server", no_server)
+    config = tiny(tmp_path, data={"root": str(tmp_path / "no-such-loveda")})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    code, out, err = _cli(monkeypatch, capsys, "run", path)
+    assert time.perf_counter() - start < 5
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "no-such-loveda" in err and "does not exist" in err

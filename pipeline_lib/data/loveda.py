@@ -176,16 +176,25 @@ class CheckReport:
         return float(self.pixel_counts[0] / total) if total else 0.0
 
 
-def check_dataset(root: str | Path, progress: bool = False) -> CheckReport:
-    """Check a release-layout folder completely; raise DataError listing every bad path."""
+def check_layout(root: str | Path) -> list[str]:
+    """The split folders of ``root``, in a second and without reading a tile; raise
+    DataError when it is no release-layout folder at all (what ``check_dataset`` then
+    reads tile by tile)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data set folder does not exist")
-    problems: list[str] = []
-    report = CheckReport(root)
     splits = [s for s in SPLITS if (root / s).is_dir()]
     if not splits:
         raise DataError(f"{root}: no split folder found; expected some of {', '.join(SPLITS)}")
+    return splits
+
+
+def check_dataset(root: str | Path, progress: bool = False) -> CheckReport:
+    """Check a release-layout folder completely; raise DataError listing every bad path."""
+    root = Path(root)
+    splits = check_layout(root)
+    problems: list[str] = []
+    report = CheckReport(root)
     work: list[tuple[Path, Path | None, str, str]] = []
     for split in splits:
         split_tiles = 0
