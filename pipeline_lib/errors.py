@@ -37,6 +37,10 @@ class CheckpointError(FactoryError, FileNotFoundError):
     """A model directory is incomplete or is not the kind of model expected."""
 
 
+class GpuMemoryError(FactoryError, MemoryError):
+    """A step ran out of GPU memory and cannot shrink its batch without changing its result."""
+
+
 class StoreError(FactoryError):
     """The shard store is missing, inconsistent or was asked for something it lacks."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.errors import FactoryError
+from pipeline_lib.errors import FactoryError, GpuMemoryError
 
 GPU_TAG = "gpu"
 T = TypeVar("T")
@@ -112,19 +112,41 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def halve_on_oom(run: Callable[[int], T], batch_size: int, what: str) -> T:
-    """Call ``run(batch_size)``; on a CUDA out-of-memory error try again with half the batch."""
-    while True:
+def back_off_on_oom(run: Callable[[int], T], sizes: Sequence[int], what: str) -> T:
+    """Call ``run(sizes[0])``; on a CUDA out-of-memory error try again with the next size."""
+    for attempt, size in enumerate(sizes):
         try:
-            return run(batch_size)
+            return run(size)
         except Exception as error:  # noqa: BLE001 - re-raised unless it is an OOM
-            if not is_out_of_memory(error) or batch_size == 1:
+            if not is_out_of_memory(error) or attempt == len(sizes) - 1:
                 raise
             import torch
 
             torch.cuda.empty_cache()
-            batch_size //= 2
-            log.warning("%s ran out of GPU memory; retrying with batch size %d", what, batch_size)
+            log.warning(
+                "%s ran out of GPU memory; retrying with batch size %d", what, sizes[attempt + 1]
+            )
+    raise ValueError(f"{what}: no batch size to try")
+
+
+def halve_on_oom(run: Callable[[int], T], batch_size: int, what: str) -> T:
+    """Call ``run(batch_size)``; on a CUDA out-of-memory error try again with half the batch
+    (for work whose result does not depend on the batch, such as sampling)."""
+    sizes = [batch_size]
+    while sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    return back_off_on_oom(run, sizes, what)
+
+
+def refuse_on_oom(run: Callable[[], T], what: str, advice: str) -> T:
+    """Call ``run()``; turn a CUDA out-of-memory error into a ``GpuMemoryError`` that says
+    what to change, for work whose result a smaller batch would change."""
+    try:
+        return run()
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is an OOM
+        if not is_out_of_memory(error):
+            raise
+        raise GpuMemoryError(f"{what} ran out of GPU memory; {advice}") from error
 
 
 def refreshed_if_missing(task: Task, *outputs: Path) -> Task:

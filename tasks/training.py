@@ -10,9 +10,10 @@ from prefect.context import TaskRunContext
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.data.loveda import fingerprint
+from pipeline_lib.micro_batches import exact_splits, split_batch
 from pipeline_lib.models.checkpoint import model_hash
 from pipeline_lib.train import TrainSummary, train_controlnet, train_label_lora, train_vae
-from tasks.options import GPU_TAG, digest, halve_on_oom
+from tasks.options import GPU_TAG, back_off_on_oom, digest
 
 
 def _base_identity(config: FactoryConfig) -> str:
@@ -40,21 +41,14 @@ def _training_key(section: str):
 
 
 def _with_batch(config: FactoryConfig, section: str, batch_size: int) -> FactoryConfig:
-    """Half the batch, twice the accumulation: the effective batch the config asked for."""
-    train = getattr(config, section)
-    if batch_size == train.batch_size:
-        return config
-    factor = train.batch_size // batch_size
-    smaller = train.model_copy(
-        update={"batch_size": batch_size, "grad_accum": train.grad_accum * factor}
-    )
-    return config.model_copy(update={section: smaller})
+    """Smaller micro-batches, more accumulation: exactly the effective batch asked for."""
+    return config.model_copy(update={section: split_batch(getattr(config, section), batch_size)})
 
 
 def _train_with_oom_back_off(train, config: FactoryConfig, section: str, what: str):
-    return halve_on_oom(
+    return back_off_on_oom(
         lambda b: train(_with_batch(config, section, b), progress=True),
-        getattr(config, section).batch_size,
+        exact_splits(getattr(config, section).batch_size),
         what,
     )
 

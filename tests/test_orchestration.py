@@ -251,3 +251,54 @@ def test_run_on_a_missing_data_root_exits_2_with_one_line_before_any_server(
     assert time.perf_counter() - start < 5
     assert code == 2
     assert err.strip().count("\n") == 0 and "no-such-loveda" in err and "does not exist" in err
+
+
+def test_micro_batches_always_divide_the_configured_batch():
+    from pipeline_lib.micro_batches import exact_splits
+
+    assert exact_splits(5) == [5, 1]
+    assert exact_splits(8) == [8, 4, 2, 1]
+    assert exact_splits(12) == [12, 6, 3, 1]
+    assert exact_splits(1) == [1]
+
+
+def test_oom_back_off_keeps_an_odd_effective_batch_and_its_resume_hash(tmp_path):
+    import torch
+
+    from pipeline_lib.train.resumable import train_section_hash
+    from tasks.training import _train_with_oom_back_off
+
+    config = config_from_dict(tiny(tmp_path, label_lora={"batch_size": 5, "grad_accum": 1}))
+    tried = []
+
+    def train(cfg, progress):
+        tried.append(cfg.label_lora)
+        if cfg.label_lora.batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return cfg.label_lora
+
+    used = _train_with_oom_back_off(train, config, "label_lora", "test")
+    assert [(t.batch_size, t.grad_accum) for t in tried] == [(5, 1), (1, 5)]
+    assert train_section_hash(used) == train_section_hash(config.label_lora), (
+        "a resumed run would refuse the checkpoint of the split run"
+    )
+
+
+def test_validation_refuses_to_shrink_its_batch_on_out_of_memory(tmp_path, monkeypatch):
+    import torch
+    from prefect.logging import disable_run_logger
+
+    import tasks.validation
+    from pipeline_lib.errors import GpuMemoryError
+
+    config = config_from_dict(tiny(tmp_path))
+    batches = []
+
+    def out_of_memory(name, sources, eval_root, cfg, work_dir, progress):
+        batches.append(cfg.batch_size)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(tasks.validation, "run_data_name", out_of_memory)
+    with disable_run_logger(), pytest.raises(GpuMemoryError, match="validation.batch_size"):
+        tasks.validation.validate_data.fn(config, "gen", [], tmp_path / "v")
+    assert batches == [2], "a smaller batch would report another experiment than configured"
