@@ -9,6 +9,7 @@ from uuid import uuid4
 
 import pytest
 import yaml
+from cli_calls import call_main
 from factory_configs import minimal_config
 
 from pipeline_lib.config import config_from_dict, load_config
@@ -222,16 +223,6 @@ def test_configured_tasks_retry_with_the_transient_only_rule(tmp_path, monkeypat
     assert task.retry_condition_fn is retry_only_transient
 
 
-def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
-    from lfactory.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["lfactory", *map(str, argv)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
-
-
 def test_run_on_a_missing_data_root_exits_2_with_one_line_before_any_server(
     tmp_path, monkeypatch, capsys
 ):
@@ -247,10 +238,11 @@ def test_run_on_a_missing_data_root_exits_2_with_one_line_before_any_server(
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     start = time.perf_counter()
-    code, out, err = _cli(monkeypatch, capsys, "run", path)
+    result = call_main(monkeypatch, capsys, "run", path)
     assert time.perf_counter() - start < 5
-    assert code == 2
-    assert err.strip().count("\n") == 0 and "no-such-loveda" in err and "does not exist" in err
+    assert result.code == 2
+    err = result.err.strip()
+    assert err.count("\n") == 0 and "no-such-loveda" in err and "does not exist" in err
 
 
 def test_micro_batches_always_divide_the_configured_batch():

@@ -332,3 +332,16 @@ def test_top_up_plans_new_shards_when_rejections_left_the_store_short(tmp_path):
     assert plan_shards(path, 8, 4) == []
     assert plan_shards(path, 8, 4, top_up=True) == [2]
     assert plan_shards(path, 6, 4, top_up=True) == []
+
+
+def test_a_store_with_missing_or_unreadable_attributes_is_a_store_error(tmp_path):
+    make_store(tmp_path / "s")
+    meta_path = tmp_path / "s" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["attributes"]["height"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match=r"zarr.json: store attribute\(s\) height missing"):
+        SampleStore(tmp_path / "s")
+    meta_path.write_text("{not json")
+    with pytest.raises(StoreError, match="zarr.json: unreadable store metadata"):
+        SampleStore(tmp_path / "s")

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 STORE_FORMAT = "label-freedom-store"
 LOCK_FILE = ".writer.lock"
+# The geometry every store records in its group attributes, beside ``format``.
+STORE_ATTRS = ("shard_size", "height", "width")
 # Shards the arrays are pre-sized for when a store is created; they grow by doubling.
 INITIAL_SHARDS = 4
 
@@ -65,13 +67,20 @@ class SampleStore:
                 f"{self.path}: no sample store here (zarr.json missing); "
                 "run `lfactory generate` to create one"
             )
-        group = zarr.open_group(self.path, mode="r")
-        attrs = dict(group.attrs)
+        meta = self.path / "zarr.json"
+        try:
+            attrs = dict(zarr.open_group(self.path, mode="r").attrs)
+        except (ValueError, TypeError, KeyError) as error:  # what zarr raises on bad JSON
+            raise StoreError(f"{meta}: unreadable store metadata ({error})") from error
         if attrs.get("format") != STORE_FORMAT:
             raise StoreError(f"{self.path}: a Zarr group but not a Label Freedom store")
-        self.shard_size = int(attrs["shard_size"])
-        self.height = int(attrs["height"])
-        self.width = int(attrs["width"])
+        missing = [k for k in STORE_ATTRS if not isinstance(attrs.get(k), int)]
+        if missing:
+            raise StoreError(
+                f"{meta}: store attribute(s) {', '.join(missing)} missing or not integers; "
+                "the store's metadata is damaged (restore zarr.json from a backup)"
+            )
+        self.shard_size, self.height, self.width = (attrs[k] for k in STORE_ATTRS)
 
     def arrays(self, mode: str = "r") -> tuple[zarr.Array, zarr.Array]:
         """Freshly opened ``(images, labels)``; reopen after a resize to see the new shape."""

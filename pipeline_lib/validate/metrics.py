@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline_lib.data.classes import IGNORE_INDEX, NUM_CLASSES
-from pipeline_lib.errors import FactoryError
 
 
-class MetricMismatchError(FactoryError, AssertionError):
-    """The numpy confusion-matrix IoU and mmseg's IoUMetric disagree: a bug in one of them."""
+class MetricMismatchError(AssertionError):
+    """The numpy confusion-matrix IoU and mmseg's IoUMetric disagree: a bug in one of them,
+    never the user's doing, so not a ``FactoryError``: the CLI shows its traceback."""
 
 
 def confusion_matrix(

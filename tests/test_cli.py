@@ -1,0 +1,53 @@
+"""What a user sees from ``lfactory``: one line and exit 2 for what they can fix, a
+traceback for our bugs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from cli_calls import call_main
+from factory_configs import minimal_config
+from store_fakes import SIZE, fake_shard
+
+from pipeline_lib.store import commit_shard, create_or_open_store
+
+
+def make_store(path: Path, shards=(0, 1), kept: int = 3) -> Path:
+    store = create_or_open_store(path, shard_size=4, height=SIZE, width=SIZE)
+    for k in shards:
+        commit_shard(store, fake_shard(k, kept))
+    return path
+
+
+def test_a_metric_mismatch_is_our_bug_and_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    import pipeline_lib.data.prepare
+    import pipeline_lib.validate
+    from pipeline_lib.validate import metrics
+
+    def mismatching(*_args, **_kwargs):
+        metrics.check_agreement(np.array([0.5, np.nan]), np.array([0.5, 0.1]))
+
+    monkeypatch.setattr(pipeline_lib.data.prepare, "prepare_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline_lib.validate, "train_sources", lambda *a, **k: {})
+    monkeypatch.setattr(pipeline_lib.validate, "run_validation", mismatching)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(minimal_config(tmp_path / "work")))
+    with pytest.raises(metrics.MetricMismatchError, match="report this as a bug"):
+        call_main(monkeypatch, capsys, "validate", config, "--data", "ori")
+
+
+@pytest.mark.parametrize("command", ["verify", "stats"])
+def test_store_commands_on_missing_attributes_exit_2_naming_zarr_json(
+    tmp_path, monkeypatch, capsys, command
+):
+    store = make_store(tmp_path / "store")
+    meta = json.loads((store / "zarr.json").read_text())
+    del meta["attributes"]["shard_size"]
+    (store / "zarr.json").write_text(json.dumps(meta))
+    result = call_main(monkeypatch, capsys, "store", command, store)
+    assert result.code == 2
+    assert "zarr.json" in result.err and "shard_size" in result.err
