@@ -11,8 +11,8 @@ import pytest
 from pipeline_lib.data.classes import CLASS_NAMES
 from pipeline_lib.errors import DataError
 from pipeline_lib.report.iou_table import markdown_table
+from pipeline_lib.report.results import ValidationResult
 from pipeline_lib.validate.experiment import assemble_report
-from pipeline_lib.validate.results import ValidationResult
 
 HEADER = "| data | background | building | road | water | barren | forest | agriculture | mIoU |"
 
@@ -102,7 +102,7 @@ def test_rows_evaluated_on_different_folders_are_not_mixed(rows, tmp_path: Path)
 
 
 def test_markdown_table_has_one_line_per_row(rows):
-    from pipeline_lib.validate.results import ValidationReport
+    from pipeline_lib.report.results import ValidationReport
 
     table = markdown_table(
         ValidationReport(rows=tuple(rows), eval_root="/d", eval_split="Val", eval_samples=5)

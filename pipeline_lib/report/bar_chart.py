@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_lib.validate.results import ValidationReport
+from pipeline_lib.report.results import ValidationReport
 
 
 def write_iou_bars(report: ValidationReport, path: Path) -> Path:

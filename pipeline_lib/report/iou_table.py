@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from pipeline_lib.validate.results import ValidationReport
+from pipeline_lib.report.results import ValidationReport
 
 
 def _cell(value: float) -> str:

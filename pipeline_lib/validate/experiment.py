@@ -16,9 +16,11 @@ from pathlib import Path
 
 from pipeline_lib.config import ValidationConfig
 from pipeline_lib.errors import DataError
+from pipeline_lib.report.bar_chart import write_iou_bars
+from pipeline_lib.report.iou_table import write_json, write_markdown
+from pipeline_lib.report.results import ValidationReport, ValidationResult
 from pipeline_lib.validate import datasets
 from pipeline_lib.validate.metrics import mean_iou, pixel_accuracy
-from pipeline_lib.validate.results import ValidationReport, ValidationResult
 from pipeline_lib.validate.steps import REPORT_FILE
 
 log = logging.getLogger(__name__)
@@ -129,9 +131,6 @@ def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
 
 def assemble_report(results: Sequence[ValidationResult], output_dir: Path) -> ValidationReport:
     """Write report.json, report.md and iou_bars.png for the rows, in the given order."""
-    from pipeline_lib.report.bar_chart import write_iou_bars
-    from pipeline_lib.report.iou_table import write_json, write_markdown
-
     if not results:
         raise DataError("no validation results to report; run at least one data name first")
     roots = {(r.eval_root, r.eval_split) for r in results}

@@ -1,4 +1,7 @@
-"""Small frozen results that cross task boundaries: one trained model's scores, and the report."""
+"""Small frozen results that cross task boundaries: one trained model's scores, and the report.
+
+They live with the report that renders them; validation produces them.
+"""
 
 from __future__ import annotations
 
