@@ -13,41 +13,25 @@ from prefect.client.orchestration import get_client
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from deployments.specs import GENERATE, VALIDATE, deployment_specs
 from flows.generate import generate_shards
-from flows.validate import validate_dataset, validation_deployment
+from flows.validate import validate_dataset
 from pipeline_lib.config import FactoryConfig
 from tasks.options import GPU_TAG
 
 
 def build_deployments(config: FactoryConfig) -> list[RunnerDeployment]:
-    params = {"config": config.model_dump(mode="json")}
-    tags = ["label-freedom", config.name]
-    deployments = [
-        generate_shards.to_deployment(
-            name=f"{config.name}-nightly",
-            parameters=params,
-            schedule=Cron(config.prefect.nightly_cron, timezone=config.prefect.timezone),
-            tags=[*tags, "nightly"],
-            description="Overnight generation up to the sample quota.",
-        ),
-        validate_dataset.to_deployment(
-            name=validation_deployment(config).split("/")[1],
-            parameters=params,
-            tags=[*tags, "validation"],
-            description="Mask2Former on Gen / Ori / Gen+Ori at a quota step.",
-        ),
-    ]
-    for style in config.generation.styles:
-        deployments.append(
-            generate_shards.to_deployment(
-                name=f"{config.name}-style-{style}",
-                parameters={**params, "style": style},
-                tags=[*tags, "on-demand", f"style:{style}"],
-                description=f"On demand: generate style {style!r} into its own store "
-                f"{config.for_style(style).store.path}.",
-            )
+    flows = {GENERATE: generate_shards, VALIDATE: validate_dataset}
+    return [
+        flows[spec.entrypoint].to_deployment(
+            name=spec.name,
+            parameters=spec.parameters,
+            schedule=Cron(spec.cron, timezone=spec.timezone) if spec.cron else None,
+            tags=list(spec.tags),
+            description=spec.description,
         )
-    return deployments
+        for spec in deployment_specs(config, config.model_dump(mode="json"))
+    ]
 
 
 def ensure_gpu_limit(limit: int) -> None:

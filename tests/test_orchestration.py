@@ -294,3 +294,20 @@ def test_validation_refuses_to_shrink_its_batch_on_out_of_memory(tmp_path, monke
     with disable_run_logger(), pytest.raises(GpuMemoryError, match="validation.batch_size"):
         tasks.validation.validate_data.fn(config, "gen", [], tmp_path / "v")
     assert batches == [2], "a smaller batch would report another experiment than configured"
+
+
+def test_prefect_yaml_is_generated_from_the_production_config():
+    from deployments.prefect_yaml import render
+    from deployments.serve import build_deployments
+
+    source = "configs/sd15-loveda.yaml"
+    expected = render(ROOT / source, source=source)
+    assert (ROOT / "deployments" / "prefect.yaml").read_text() == expected, (
+        f"deployments/prefect.yaml differs from {source}; regenerate it with "
+        f"`python -m deployments.prefect_yaml {source} > deployments/prefect.yaml`"
+    )
+    spec = yaml.safe_load(expected)
+    production = yaml.safe_load((ROOT / source).read_text())
+    assert all(d["parameters"]["config"] == production for d in spec["deployments"])
+    served = {d.name for d in build_deployments(load_config(ROOT / source))}
+    assert {d["name"] for d in spec["deployments"]} == served
