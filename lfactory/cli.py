@@ -1,11 +1,14 @@
 """The ``lfactory`` command line: the one entry point users type.
 
 It sits on top of everything (library, tasks, flows, deployments); nothing imports it.
-A ``FactoryError`` becomes one clear line on stderr and exit code 2.
+A ``FactoryError`` becomes one clear line on stderr and exit code 2. A command module
+imports torch, diffusers, transformers, mmseg and Prefect inside the commands that use
+them, so that ``--help`` and the quick commands answer at once.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -18,6 +21,7 @@ from lfactory import (
     validate_commands,
 )
 from pipeline_lib.errors import FactoryError
+from pipeline_lib.third_party_notices import silence_third_party_notices
 
 app = typer.Typer(
     name="lfactory",
@@ -32,6 +36,9 @@ for module in (data_commands, model_commands, store_commands, validate_commands,
 
 
 def main() -> None:
+    # The factory never downloads; its commands import diffusers only when they use it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    silence_third_party_notices()
     try:
         app()
     except FactoryError as error:

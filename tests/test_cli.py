@@ -3,6 +3,7 @@ traceback for our bugs."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -51,3 +52,64 @@ def test_store_commands_on_missing_attributes_exit_2_naming_zarr_json(
     result = call_main(monkeypatch, capsys, "store", command, store)
     assert result.code == 2
     assert "zarr.json" in result.err and "shard_size" in result.err
+
+
+HEAVY = ("torch", "diffusers", "transformers", "mmseg", "mmengine", "mmcv", "prefect")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _heavy_modules_after(*argv: str) -> list[str]:
+    """The heavy packages a fresh ``lfactory *argv`` process has imported when it exits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        f"sys.argv = ['lfactory', *{list(argv)!r}]\n"
+        "from lfactory.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_data_check_import_no_model_or_orchestration_package(tmp_path):
+    from fake_loveda import write_fake_loveda
+
+    assert _heavy_modules_after("--help") == []
+    root = write_fake_loveda(tmp_path / "loveda")
+    assert _heavy_modules_after("data", "check", str(root)) == []
+
+
+def test_importing_the_models_package_leaves_the_environment_alone():
+    import subprocess
+    import sys
+
+    code = (
+        "import os\nos.environ.pop('HF_HUB_OFFLINE', None)\nimport pipeline_lib.models\n"
+        "print('HF_HUB_OFFLINE' in os.environ)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_command_that_loads_diffusers_prints_no_torchvision_notice(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        f"sys.argv = ['lfactory', 'models', 'init', {str(tmp_path / 'sd')!r}]\n"
+        "from lfactory.cli import main\nmain()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torchvision" not in out.stderr, out.stderr
+    assert "wrote" in out.stdout

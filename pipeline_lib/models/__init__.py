@@ -1,8 +1,5 @@
-"""Stable Diffusion components: presets, local tokenizer, checkpoint I/O and hashes."""
+"""Stable Diffusion components: presets, local tokenizer, checkpoint I/O and hashes.
 
-from __future__ import annotations
-
-import os
-
-# No hub on the factory's machines: diffusers/transformers must never try the network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+Every load is ``local_files_only``; the entry points (``lfactory``, the worker image) also
+set ``HF_HUB_OFFLINE``, so nothing here needs to touch the environment.
+"""

@@ -8,7 +8,10 @@ enough for the prompts the factory uses, and it round-trips through
 
 from __future__ import annotations
 
-from transformers import CLIPTokenizer
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
@@ -44,6 +47,9 @@ def byte_vocab() -> dict[str, int]:
 
 def build_tokenizer(max_length: int = MAX_LENGTH) -> CLIPTokenizer:
     """A CLIP tokenizer over :func:`byte_vocab`, padding with EOS as SD's tokenizer does."""
+    # transformers takes seconds to import: only who builds a tokenizer pays for it.
+    from transformers import CLIPTokenizer
+
     # transformers 5 ignores vocab_file/merges_file here; vocab= and merges= work.
     return CLIPTokenizer(
         vocab=byte_vocab(),
