@@ -113,3 +113,42 @@ def test_a_command_that_loads_diffusers_prints_no_torchvision_notice(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "torchvision" not in out.stderr, out.stderr
     assert "wrote" in out.stdout
+
+
+def _tear(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("command", ["verify", "stats", "export"])
+def test_store_commands_on_a_torn_manifest_exit_2_naming_it(tmp_path, monkeypatch, capsys, command):
+    store = make_store(tmp_path / "store")
+    torn = store / "manifests" / "shard-00001.parquet"
+    _tear(torn)
+    extra = [tmp_path / "out"] if command == "export" else []
+    result = call_main(monkeypatch, capsys, "store", command, store, *extra)
+    assert result.code == 2
+    assert str(torn) in result.err and "unreadable manifest" in result.err
+
+
+def test_verify_reports_every_problem_rather_than_the_first(tmp_path, monkeypatch, capsys):
+    from pipeline_lib.store import SampleStore
+
+    store = make_store(tmp_path / "store", shards=(0, 1, 2))
+    _tear(store / "manifests" / "shard-00000.parquet")
+    images, _ = SampleStore(store).arrays(mode="r+")
+    images[8] = 0  # shard 2's first sample: valid zstd, wrong pixels
+    result = call_main(monkeypatch, capsys, "store", "verify", store)
+    assert result.code == 2
+    assert "shard-00000.parquet: unreadable manifest" in result.err
+    assert "shard 2" in result.err and "image bytes differ" in result.err
+    assert "3 shard(s), 6 sample(s)" in result.out  # shards 1 and 2 were still checked
+
+
+def test_verify_checks_the_manifests_when_an_array_is_damaged(tmp_path, monkeypatch, capsys):
+    store = make_store(tmp_path / "store")
+    (store / "labels" / "zarr.json").write_text("{torn")
+    result = call_main(monkeypatch, capsys, "store", "verify", store)
+    assert result.code == 2
+    assert str(store / "labels" / "zarr.json") in result.err
+    assert "2 shard(s), 6 sample(s)" in result.out

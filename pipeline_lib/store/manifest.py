@@ -115,7 +115,10 @@ def read_manifest(store: str | Path, shard_id: int) -> pa.Table:
     path = manifest_path(store, shard_id)
     if not path.is_file():
         raise ShardNotFoundError(f"{path}: shard {shard_id} is not committed in {store}")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(path, error) from error
     _check_version(path, table.schema)
     return table
 
@@ -125,8 +128,11 @@ def read_shard_meta(store: str | Path, shard_id: int) -> dict[str, Any]:
     path = manifest_path(store, shard_id)
     if not path.is_file():
         raise ShardNotFoundError(f"{path}: shard {shard_id} is not committed in {store}")
-    raw = (pq.read_schema(path).metadata or {}).get(_META_KEY)
-    return json.loads(raw) if raw else {}
+    raw = (_read_schema(path).metadata or {}).get(_META_KEY)
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError as error:
+        raise _unreadable(path, error) from error
 
 
 def manifest_dataset(store: str | Path) -> pads.Dataset:
@@ -141,12 +147,31 @@ def manifest_dataset(store: str | Path) -> pads.Dataset:
 
 def read_manifests(store: str | Path) -> pa.Table:
     """All committed rows as one table, sorted by array row."""
-    for shard_id in committed_shard_ids(store):
-        _check_version(
-            manifest_path(store, shard_id), pq.read_schema(manifest_path(store, shard_id))
-        )
-    table = manifest_dataset(store).to_table()
+    shard_ids = committed_shard_ids(store)
+    for shard_id in shard_ids:
+        path = manifest_path(store, shard_id)
+        _check_version(path, _read_schema(path))
+    try:
+        table = manifest_dataset(store).to_table()
+    except (pa.ArrowException, OSError):
+        for shard_id in shard_ids:  # name the damaged file
+            read_manifest(store, shard_id)
+        raise
     return table.sort_by("index")
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: Exception) -> StoreError:
+    return StoreError(
+        f"{path}: unreadable manifest ({error}); the shard's commit record is damaged: "
+        "delete the file to regenerate the shard, or restore it from a backup"
+    )
 
 
 def _check_version(path: Path, schema: pa.Schema) -> None:

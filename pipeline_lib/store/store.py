@@ -85,7 +85,16 @@ class SampleStore:
     def arrays(self, mode: str = "r") -> tuple[zarr.Array, zarr.Array]:
         """Freshly opened ``(images, labels)``; reopen after a resize to see the new shape."""
         group = zarr.open_group(self.path, mode=mode)
-        return group["images"], group["labels"]
+        arrays = []
+        for name in ("images", "labels"):
+            try:
+                arrays.append(group[name])
+            except (ValueError, TypeError, KeyError) as error:  # absent or bad zarr.json
+                raise StoreError(
+                    f"{self.path / name / 'zarr.json'}: array metadata missing or unreadable "
+                    f"({type(error).__name__}: {error}); the store is damaged"
+                ) from error
+        return arrays[0], arrays[1]
 
     def shard_rows(self, shard_id: int) -> range:
         return range(shard_id * self.shard_size, (shard_id + 1) * self.shard_size)
@@ -104,7 +113,16 @@ class SampleStore:
         """Images and labels at array rows ``indices`` (committed or not: check first)."""
         images, labels = self.arrays()
         idx = np.asarray(indices, dtype=np.int64)
-        return images.get_orthogonal_selection((idx,)), labels.get_orthogonal_selection((idx,))
+        try:
+            return (
+                images.get_orthogonal_selection((idx,)),
+                labels.get_orthogonal_selection((idx,)),
+            )
+        except Exception as error:  # zstd checksum failures surface as codec errors
+            raise IntegrityError(
+                f"{self.path}: rows {idx.min()}..{idx.max()} are unreadable "
+                f"({type(error).__name__}: {error}); `lfactory store verify` names the samples"
+            ) from error
 
     def read_sample(
         self, sample_id: str, verify: bool = True

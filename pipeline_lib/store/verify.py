@@ -47,8 +47,12 @@ def verify_store(path: str | Path, check_bytes: bool = True) -> VerifyReport:
     ``*.partial`` temp files, and manifests whose rows lie beyond the arrays.
     """
     store = SampleStore(path)
-    images, labels = store.arrays()
     problems: list[str] = []
+    try:
+        images, labels = store.arrays()
+    except StoreError as error:  # the manifests can still be checked
+        problems.append(str(error))
+        images = labels = None
     seen: dict[str, int] = {}
     samples = 0
     shards = store.committed_shards()
@@ -71,6 +75,8 @@ def verify_store(path: str | Path, check_bytes: bool = True) -> VerifyReport:
                 problems.append(
                     f"{where}: row lies outside shard {shard_id}'s rows [{rows.start}, {rows.stop})"
                 )
+                continue
+            if images is None:
                 continue
             if index >= images.shape[0] or index >= labels.shape[0]:
                 problems.append(
