@@ -39,7 +39,7 @@ from pipeline_lib.store import (
     store_stats,
     verify_store,
 )
-from pipeline_lib.store.manifest import manifest_path, read_shard_meta
+from pipeline_lib.store.manifest import manifest_dir, manifest_path, read_shard_meta
 
 CHILD = Path(__file__).with_name("store_writer_child.py")
 
@@ -345,3 +345,31 @@ def test_a_store_with_missing_or_unreadable_attributes_is_a_store_error(tmp_path
     meta_path.write_text("{not json")
     with pytest.raises(StoreError, match="zarr.json: unreadable store metadata"):
         SampleStore(tmp_path / "s")
+
+
+def test_a_commit_counts_only_after_its_bytes_and_names_are_fsynced(tmp_path, monkeypatch):
+    import os
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(dst)))
+        return real_replace(src, dst)
+
+    store = make_store(tmp_path / "s.zarr", shards=())
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    commit_shard(store, fake_shard(1, 3))
+    commit = events.index(("rename", str(manifest_path(store.path, 1))))
+    before = {path for kind, path in events[:commit] if kind == "fsync"}
+    for name in ("images", "labels"):
+        data = [str(p) for p in (store.path / name / "c" / "1").rglob("*") if p.is_file()]
+        assert data and set(data) <= before, f"{name} shard file not synced before the commit"
+        assert str(store.path / name / "c" / "1") in before  # the new shard folder's name
+        assert str(store.path / name / "c") in before
+    assert ("fsync", str(manifest_dir(store.path))) in events[commit:], "the rename itself"

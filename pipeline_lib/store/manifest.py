@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline_lib.data.classes import CLASS_NAMES
 from pipeline_lib.errors import ShardNotFoundError, StoreError
+from pipeline_lib.store.durable import fsync_dir, fsync_file
 
 # Bump on any change to MANIFEST_SCHEMA; readers refuse versions they do not know.
 SCHEMA_VERSION = 1
@@ -93,20 +94,23 @@ def write_manifest(
 ) -> Path:
     """Write a shard's manifest atomically; its appearance commits the shard.
 
-    The temp file is fsynced before the rename so that the commit never names bytes
-    that a crash of the machine (not only of the process) could lose.
+    The temp file is fsynced before the rename, and the folder after it, so that a
+    crash of the machine (not only of the process) can neither lose the commit nor keep
+    a commit whose bytes it lost (the shard's arrays are synced before this is called).
     """
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     meta = dict(table.schema.metadata or {})
     meta[_META_KEY] = json.dumps(shard_meta).encode()
     table = table.replace_schema_metadata(meta)
     path = manifest_path(store, shard_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fsync_dir(path.parent.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
+    fsync_file(tmp)
     os.replace(tmp, path)
+    fsync_dir(path.parent)  # the rename itself: until then a power cut can undo the commit
     return path
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE
 from pipeline_lib.errors import DataError, IntegrityError, StoreError
+from pipeline_lib.store.durable import fsync_dir, fsync_file, fsync_tree
 from pipeline_lib.store.manifest import (
     FRACTION_COLUMNS,
     SCHEMA_VERSION,
@@ -103,6 +104,7 @@ def stage_shard(store: SampleStore, data: ShardData) -> StagedShard:
     block_images[:n], block_labels[:n] = data.images, data.labels
     images[rows.start : rows.stop] = block_images
     labels[rows.start : rows.stop] = block_labels
+    _sync_shard_data(store, data.shard_id)
 
     records = []
     for i, row in enumerate(data.rows):
@@ -174,6 +176,17 @@ def shard_result(store: SampleStore, shard_id: int, already_committed: bool = Fa
     return ShardResult(
         shard_id, table.num_rows, sum(reasons.values()), reasons, fractions, already_committed
     )
+
+
+def _sync_shard_data(store: SampleStore, shard_id: int) -> None:
+    # Before the manifest names these bytes they must be on disk, with the directories
+    # that name them and the array metadata (a resize rewrote zarr.json).
+    for name in ("images", "labels"):
+        shard_dir = store.path / name / "c" / str(shard_id)
+        if shard_dir.is_dir():
+            fsync_tree(shard_dir, up_to=store.path / name)
+        fsync_file(store.path / name / "zarr.json")
+    fsync_dir(store.path)
 
 
 def _check(store: SampleStore, data: ShardData) -> None:
