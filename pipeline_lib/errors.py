@@ -49,6 +49,10 @@ class ShardNotFoundError(StoreError, FileNotFoundError):
     """A shard or sample id is not committed in the store."""
 
 
+class StoreWriteError(StoreError, OSError):
+    """The disk refused a store write (full, read-only, no permission); nothing was committed."""
+
+
 class IntegrityError(StoreError, ValueError):
     """Committed bytes no longer match their manifest checksums."""
 

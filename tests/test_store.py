@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import signal
@@ -373,3 +374,58 @@ def test_a_commit_counts_only_after_its_bytes_and_names_are_fsynced(tmp_path, mo
         assert str(store.path / name / "c" / "1") in before  # the new shard folder's name
         assert str(store.path / name / "c") in before
     assert ("fsync", str(manifest_dir(store.path))) in events[commit:], "the rename itself"
+
+
+def _refusing_put(code: int, where: str):
+    """zarr's file write, refusing with ``code`` (as a full or read-only disk would) for
+    every path below ``where``."""
+    import os
+
+    import zarr.storage._local as local
+
+    real = local._put
+
+    def put(path, *args, **kwargs):
+        if str(path).startswith(where):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, *args, **kwargs)
+
+    return put
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
+def test_a_refused_array_write_leaves_the_store_as_it_was(tmp_path, monkeypatch, code):
+    import zarr.storage._local as local
+
+    from pipeline_lib.errors import StoreWriteError
+
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+    monkeypatch.setattr(local, "_put", _refusing_put(code, str(store.path / "labels" / "c" / "1")))
+    with pytest.raises(StoreWriteError, match="nothing was committed") as error:
+        commit_shard(store, fake_shard(1, 3))
+    assert "labels/c/1" in str(error.value) and "run again" in str(error.value)
+    report = verify_store(store.path)
+    assert report.ok and report.shards == 1 and report.orphans == ()
+    monkeypatch.undo()
+    commit_shard(store, fake_shard(1, 3))
+    assert verify_store(store.path).ok and committed_count(store.path) == 6
+
+
+def test_a_full_disk_at_the_manifest_commits_nothing_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    import pipeline_lib.store.manifest as manifest
+    from pipeline_lib.errors import StoreWriteError
+
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+
+    def full_disk(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1 torn")
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(manifest.pq, "write_table", full_disk)
+    with pytest.raises(StoreWriteError, match="disk is full"):
+        commit_shard(store, fake_shard(1, 3))
+    monkeypatch.undo()
+    assert committed_count(store.path) == 3
+    assert not list(store.path.rglob("*.partial"))

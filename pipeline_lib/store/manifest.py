@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline_lib.data.classes import CLASS_NAMES
 from pipeline_lib.errors import ShardNotFoundError, StoreError
-from pipeline_lib.store.durable import fsync_dir, fsync_file
+from pipeline_lib.store.durable import fsync_dir, fsync_file, refused_write
 
 # Bump on any change to MANIFEST_SCHEMA; readers refuse versions they do not know.
 SCHEMA_VERSION = 1
@@ -107,8 +107,15 @@ def write_manifest(
         path.parent.mkdir(parents=True, exist_ok=True)
         fsync_dir(path.parent.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    pq.write_table(table, tmp, compression="zstd")
-    fsync_file(tmp)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        fsync_file(tmp)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        refused = refused_write(error, tmp, f"shard {shard_id}'s manifest")
+        if refused is None:
+            raise
+        raise refused from error
     os.replace(tmp, path)
     fsync_dir(path.parent)  # the rename itself: until then a power cut can undo the commit
     return path

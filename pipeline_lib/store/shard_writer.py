@@ -7,16 +7,18 @@ simply regenerated and rewritten whole by the next run) or a complete one.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE
 from pipeline_lib.errors import DataError, IntegrityError, StoreError
-from pipeline_lib.store.durable import fsync_dir, fsync_file, fsync_tree
+from pipeline_lib.store.durable import fsync_dir, fsync_file, fsync_tree, refused_write
 from pipeline_lib.store.manifest import (
     FRACTION_COLUMNS,
     SCHEMA_VERSION,
@@ -96,15 +98,22 @@ def stage_shard(store: SampleStore, data: ShardData) -> StagedShard:
     _check(store, data)
     n = len(data.rows)
     rows = store.shard_rows(data.shard_id)
-    ensure_capacity(store, rows.stop)
-    images, labels = store.arrays(mode="r+")
-    # Pad to the full shard: one whole-shard write, no read-modify-write of the file.
-    block_images = np.zeros((store.shard_size, *images.shape[1:]), np.uint8)
-    block_labels = np.zeros((store.shard_size, *labels.shape[1:]), np.uint8)
-    block_images[:n], block_labels[:n] = data.images, data.labels
-    images[rows.start : rows.stop] = block_images
-    labels[rows.start : rows.stop] = block_labels
-    _sync_shard_data(store, data.shard_id)
+    try:
+        ensure_capacity(store, rows.stop)
+        images, labels = store.arrays(mode="r+")
+        # Pad to the full shard: one whole-shard write, no read-modify-write of the file.
+        block_images = np.zeros((store.shard_size, *images.shape[1:]), np.uint8)
+        block_labels = np.zeros((store.shard_size, *labels.shape[1:]), np.uint8)
+        block_images[:n], block_labels[:n] = data.images, data.labels
+        images[rows.start : rows.stop] = block_images
+        labels[rows.start : rows.stop] = block_labels
+        _sync_shard_data(store, data.shard_id)
+    except OSError as error:
+        refused = refused_write(error, store.path, f"shard {data.shard_id}'s arrays")
+        if refused is None:
+            raise
+        discard_staged(store, data.shard_id)  # no half-written shard is left behind
+        raise refused from error
 
     records = []
     for i, row in enumerate(data.rows):
@@ -176,6 +185,25 @@ def shard_result(store: SampleStore, shard_id: int, already_committed: bool = Fa
     return ShardResult(
         shard_id, table.num_rows, sum(reasons.values()), reasons, fractions, already_committed
     )
+
+
+def staged_data_dirs(store: SampleStore, shard_id: int) -> list[Path]:
+    """The folders holding shard ``shard_id``'s array data, where they exist."""
+    dirs = [store.path / name / "c" / str(shard_id) for name in ("images", "labels")]
+    return [d for d in dirs if d.is_dir()]
+
+
+def discard_staged(store: SampleStore, shard_id: int) -> list[Path]:
+    """Delete the array data of an uncommitted shard; refuse a committed one."""
+    if manifest_path(store.path, shard_id).is_file():
+        raise StoreError(
+            f"{manifest_path(store.path, shard_id)}: shard {shard_id} is committed; "
+            "its data is never deleted"
+        )
+    removed = staged_data_dirs(store, shard_id)
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
 def _sync_shard_data(store: SampleStore, shard_id: int) -> None:
