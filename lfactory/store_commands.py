@@ -11,7 +11,14 @@ import typer
 from pipeline_lib.config import FactoryConfig, load_config
 from pipeline_lib.data.loveda import write_png
 from pipeline_lib.data.palette import colourise
-from pipeline_lib.store import committed_count, export_store, plan_shards, store_stats, verify_store
+from pipeline_lib.store import (
+    committed_count,
+    export_store,
+    plan_shards,
+    repair_store,
+    store_stats,
+    verify_store,
+)
 from pipeline_lib.store.export import FORMATS
 
 store_app = typer.Typer(help="Verify, summarise and export a sample store.", no_args_is_help=True)
@@ -109,6 +116,16 @@ def verify(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
     if not report.ok:
         raise typer.Exit(2)
     typer.echo("ok")
+
+
+@store_app.command("repair")
+def repair(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
+    """Delete what `store verify` lists as orphans (temp files, data of shards that never
+    committed); committed shards are never touched. Stop the store's writers first."""
+    removed = repair_store(store)
+    for leftover in removed:
+        typer.echo(f"  removed {leftover}")
+    typer.echo(f"{store}: removed {len(removed)} leftover(s)")
 
 
 @store_app.command("stats")

@@ -429,3 +429,28 @@ def test_a_full_disk_at_the_manifest_commits_nothing_and_leaves_no_temp_file(tmp
     monkeypatch.undo()
     assert committed_count(store.path) == 3
     assert not list(store.path.rglob("*.partial"))
+
+
+def test_repair_after_sigkill_removes_leftovers_and_never_committed_data(
+    tmp_path, monkeypatch, capsys
+):
+    from cli_calls import call_main
+
+    path = tmp_path / "s.zarr"
+    died = run_child(path, "--samples", "16", "--die-before-commit", "2")
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    partial = path / "images" / "c" / "0" / "0" / "0" / "0.0123abcd.partial"
+    partial.write_bytes(b"half a chunk")  # as zarr's own temp file of a killed write
+    before = verify_store(path)
+    assert {str(path / n / "c" / "2") for n in ("images", "labels")} <= {
+        o.split(": ")[0] for o in before.orphans
+    }
+    assert any(str(partial) in o for o in before.orphans)
+
+    result = call_main(monkeypatch, capsys, "store", "repair", path)
+    assert result.code == 0 and "removed 3 leftover(s)" in result.out
+    after = verify_store(path)
+    assert after.ok and after.orphans == () and after.samples == 6
+    assert_all_expected(path, range(2), 3)
+    assert run_child(path, "--samples", "16").returncode == 0
+    assert_all_expected(path, range(4), 3)

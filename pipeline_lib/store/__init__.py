@@ -22,7 +22,13 @@ from pipeline_lib.store.store import (
     create_or_open_store,
     plan_shards,
 )
-from pipeline_lib.store.verify import StoreStats, VerifyReport, store_stats, verify_store
+from pipeline_lib.store.verify import (
+    StoreStats,
+    VerifyReport,
+    repair_store,
+    store_stats,
+    verify_store,
+)
 
 
 def __getattr__(name: str):
@@ -53,6 +59,7 @@ __all__ = [
     "manifest_dataset",
     "plan_shards",
     "read_manifests",
+    "repair_store",
     "stage_shard",
     "store_stats",
     "verify_store",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,12 @@ from pipeline_lib.data.classes import CLASS_NAMES
 from pipeline_lib.errors import StoreError
 from pipeline_lib.store.manifest import (
     FRACTION_COLUMNS,
+    manifest_path,
     read_manifest,
     read_shard_meta,
     sha256,
 )
-from pipeline_lib.store.store import SampleStore
+from pipeline_lib.store.store import SampleStore, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,8 @@ class VerifyReport:
 def verify_store(path: str | Path, check_bytes: bool = True) -> VerifyReport:
     """Re-read every committed sample and compare it with its manifest row and sha256.
 
-    Also lists orphans: uncommitted shard files (a run killed before its commit),
-    ``*.partial`` temp files, and manifests whose rows lie beyond the arrays.
+    Also lists orphans (see :func:`leftovers`): uncommitted shard data (a run killed
+    before its commit) and ``*.partial`` temp files.
     """
     store = SampleStore(path)
     problems: list[str] = []
@@ -121,9 +123,25 @@ def _check_bytes(where: str, images, labels, row: dict, cache: dict) -> list[str
     return out
 
 
-def _orphans(store: SampleStore, committed: set[int]) -> list[str]:
+@dataclass(frozen=True)
+class Leftover:
+    """A file or folder no committed shard needs: safe to delete, only wastes space."""
+
+    path: Path
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
+
+
+def leftovers(store: SampleStore, committed: set[int] | None = None) -> list[Leftover]:
+    """Temp files of interrupted writes and the array data of shards that never committed
+    (a run killed between staging and commit, or a staged shard never committed)."""
+    if committed is None:
+        committed = set(store.committed_shards())
     found = [
-        f"{p}: temp file of an interrupted write" for p in sorted(store.path.rglob("*.partial"))
+        Leftover(p, "temp file of an interrupted write")
+        for p in sorted(store.path.rglob("*.partial"))
     ]
     for name in ("images", "labels"):
         chunk_root = store.path / name / "c"
@@ -132,10 +150,40 @@ def _orphans(store: SampleStore, committed: set[int]) -> list[str]:
         for shard_dir in sorted(chunk_root.iterdir(), key=lambda p: p.name):
             if shard_dir.name.isdigit() and int(shard_dir.name) not in committed:
                 found.append(
-                    f"{shard_dir}: data of uncommitted shard {shard_dir.name} "
-                    "(rewritten when that shard is generated)"
+                    Leftover(
+                        shard_dir,
+                        f"data of uncommitted shard {shard_dir.name} "
+                        "(`lfactory store repair` removes it; generating the shard rewrites it)",
+                    )
                 )
     return found
+
+
+def _orphans(store: SampleStore, committed: set[int]) -> list[str]:
+    return [str(leftover) for leftover in leftovers(store, committed)]
+
+
+def repair_store(path: str | Path) -> list[Leftover]:
+    """Delete every leftover of :func:`leftovers`, never committed data; return them.
+
+    Run it while no writer works on the store: a shard being staged right now looks
+    exactly like one whose writer was killed.
+    """
+    store = SampleStore(path)
+    removed = []
+    with store_lock(store.path):
+        for leftover in leftovers(store):
+            shard = leftover.path.name
+            if leftover.path.is_dir():
+                # Re-checked under the lock: a shard committed meanwhile keeps its data.
+                if manifest_path(store.path, int(shard)).is_file():
+                    continue
+                shutil.rmtree(leftover.path)
+            else:
+                leftover.path.unlink(missing_ok=True)
+            removed.append(leftover)
+    log.info("repaired %s: removed %d leftover(s)", store.path, len(removed))
+    return removed
 
 
 @dataclass(frozen=True)
