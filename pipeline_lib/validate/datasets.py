@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +55,34 @@ def prepare_split(root: Path, split: str, cache_dir: Path) -> Path:
     return out
 
 
-def train_pipeline(crop_size: int) -> list[dict[str, Any]]:
-    """mmseg's LoveDA train pipeline, scaled from its 512 crop to ``crop_size``."""
-    crop = (crop_size, crop_size)
-    return [
-        dict(type="LoadImageFromFile"),
-        dict(type="LoadAnnotations", reduce_zero_label=True),
-        dict(
+def _resize(crop_size: int, scale_factors: Sequence[float] | None) -> dict[str, Any]:
+    if scale_factors is None:
+        return dict(
             type="RandomResize",
             scale=(crop_size * 4, crop_size),
             ratio_range=(0.5, 2.0),
             keep_ratio=True,
-        ),
+        )
+    # Rescale by a factor, not to a size: tiles and generated samples of different sizes
+    # but one ground sampling distance keep that distance relative to each other.
+    choices = [[dict(type="Resize", scale_factor=f, keep_ratio=True)] for f in scale_factors]
+    return dict(type="RandomChoice", transforms=choices)
+
+
+def train_pipeline(
+    crop_size: int, scale_factors: Sequence[float] | None = None
+) -> list[dict[str, Any]]:
+    """mmseg's LoveDA train pipeline, scaled from its 512 crop to ``crop_size``.
+
+    mmseg resizes every tile to a size tied to the crop (LoveDA's 1024 px tiles to
+    256-1024); with ``scale_factors`` each sample is rescaled by one of those factors
+    instead and evaluated at its native scale.
+    """
+    crop = (crop_size, crop_size)
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", reduce_zero_label=True),
+        _resize(crop_size, scale_factors),
         dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75),
         dict(type="RandomFlip", prob=0.5),
         dict(type="PhotoMetricDistortion"),
@@ -73,16 +90,20 @@ def train_pipeline(crop_size: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_pipeline(crop_size: int, tta: bool = False) -> list[dict[str, Any]]:
-    """Evaluation at the training scale (LoveDA's 1024 -> 2x the 512 crop), optionally with TTA.
+def test_pipeline(
+    crop_size: int, tta: bool = False, native_scale: bool = False
+) -> list[dict[str, Any]]:
+    """Evaluation at the training scale (LoveDA's 1024 -> 2x the 512 crop, or the tile's
+    own scale with ``native_scale``), optionally with TTA.
 
     TTA is mmseg's: multi-scale x horizontal flip, merged by SegTTAModel.
     """
     scale = (crop_size * 2, crop_size * 2)
     if not tta:
+        resize = [] if native_scale else [dict(type="Resize", scale=scale, keep_ratio=True)]
         return [
             dict(type="LoadImageFromFile"),
-            dict(type="Resize", scale=scale, keep_ratio=True),
+            *resize,
             dict(type="LoadAnnotations", reduce_zero_label=True),
             dict(type="PackSegInputs"),
         ]
@@ -117,9 +138,15 @@ def dataset_config(data_root: Path, split: str, pipeline: list[dict[str, Any]]) 
     )
 
 
-def train_dataloader(roots: list[Path], crop_size: int, batch_size: int) -> dict[str, Any]:
+def train_dataloader(
+    roots: list[Path],
+    crop_size: int,
+    batch_size: int,
+    scale_factors: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """Infinite shuffled loader over the Train splits of ``roots`` (concatenated)."""
-    datasets = [dataset_config(r, TRAIN, train_pipeline(crop_size)) for r in roots]
+    pipeline = train_pipeline(crop_size, scale_factors)
+    datasets = [dataset_config(r, TRAIN, pipeline) for r in roots]
     dataset = datasets[0] if len(datasets) == 1 else dict(type="ConcatDataset", datasets=datasets)
     # Worker processes would fight the 2 shared CPU cores; the pipeline is light.
     return dict(
@@ -131,11 +158,13 @@ def train_dataloader(roots: list[Path], crop_size: int, batch_size: int) -> dict
     )
 
 
-def eval_dataloader(root: Path, crop_size: int, tta: bool = False) -> dict[str, Any]:
+def eval_dataloader(
+    root: Path, crop_size: int, tta: bool = False, native_scale: bool = False
+) -> dict[str, Any]:
     return dict(
         batch_size=1,
         num_workers=0,
         persistent_workers=False,
         sampler=dict(type="DefaultSampler", shuffle=False),
-        dataset=dataset_config(root, VAL, test_pipeline(crop_size, tta)),
+        dataset=dataset_config(root, VAL, test_pipeline(crop_size, tta, native_scale)),
     )

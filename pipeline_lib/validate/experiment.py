@@ -71,7 +71,14 @@ def run_data_name(
     if iters_done == 0 and previous is not None:
         # Fully cached: keep the timing of the run that actually trained.
         seconds, per_iter = previous
-    scores = runner.evaluate(mm_runner.model, eval_mmseg, cfg.crop_size, cfg.tta, progress)
+    scores = runner.evaluate(
+        mm_runner.model,
+        eval_mmseg,
+        cfg.crop_size,
+        cfg.tta,
+        progress,
+        native_scale=cfg.scale_factors is not None,
+    )
     last = run_dir / "last_checkpoint"
     result = ValidationResult(
         data_name=name,
@@ -121,7 +128,16 @@ def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
     Runs with the same key share a work dir and resume each other; new data never does.
     """
     fields = cfg.model_dump(
-        include={"model", "batch_size", "crop_size", "lr", "seed", "pretrained_backbone"},
+        include={
+            "model",
+            "batch_size",
+            "crop_size",
+            "lr",
+            "seed",
+            "pretrained_backbone",
+            "scale_factors",
+            "class_weights",
+        },
         mode="json",
     )
     parts = [json.dumps(fields, sort_keys=True)]

@@ -13,7 +13,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.data.classes import IGNORE_INDEX, NUM_CLASSES
+from pipeline_lib.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from pipeline_lib.errors import CheckpointError, ConfigError
 from pipeline_lib.validate.mmcv_compat import ensure_mmseg
 
@@ -73,7 +73,10 @@ def _shrink_to_cpu(model: dict[str, Any], crop_size: int) -> None:
 
 
 def model_config(
-    preset: str, crop_size: int, pretrained_backbone: Path | None = None
+    preset: str,
+    crop_size: int,
+    pretrained_backbone: Path | None = None,
+    class_weights: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The ``model`` dict of a preset for ``NUM_CLASSES`` classes at ``crop_size``."""
     if preset not in PRESETS:
@@ -97,7 +100,15 @@ def model_config(
         backbone["norm_cfg"] = dict(type="BN", requires_grad=pretrained_backbone is None)
     head = model["decode_head"]
     head["num_classes"] = NUM_CLASSES
-    head["loss_cls"]["class_weight"] = [1.0] * NUM_CLASSES + [0.1]
+    weights = dict(class_weights or {})
+    unknown = sorted(set(weights) - set(CLASS_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"validation.class_weights: unknown class {unknown[0]!r}; "
+            f"classes are {', '.join(CLASS_NAMES)}"
+        )
+    # The last entry weighs Mask2Former's "no object" class, as in mmseg's configs.
+    head["loss_cls"]["class_weight"] = [weights.get(c, 1.0) for c in CLASS_NAMES] + [0.1]
     model["data_preprocessor"].update(
         mean=MEAN, std=STD, size=(crop_size, crop_size), seg_pad_val=IGNORE_INDEX
     )

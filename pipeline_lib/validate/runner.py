@@ -50,8 +50,10 @@ def runner_config(
     config: dict[str, Any] = dict(
         default_scope="mmseg",
         work_dir=str(work_dir),
-        model=model_config(cfg.model, cfg.crop_size, cfg.pretrained_backbone),
-        train_dataloader=datasets.train_dataloader(train_roots, cfg.crop_size, cfg.batch_size),
+        model=model_config(cfg.model, cfg.crop_size, cfg.pretrained_backbone, cfg.class_weights),
+        train_dataloader=datasets.train_dataloader(
+            train_roots, cfg.crop_size, cfg.batch_size, cfg.scale_factors
+        ),
         optim_wrapper=optim_config(cfg.model, cfg.lr, pretrained),
         param_scheduler=[
             dict(type="PolyLR", eta_min=0, power=POLY_POWER, begin=0, end=cfg.iters, by_epoch=False)
@@ -85,7 +87,9 @@ def runner_config(
     if cfg.val_interval < cfg.iters:
         # Monitoring only; the scores that count come from evaluate() after training.
         config.update(
-            val_dataloader=datasets.eval_dataloader(eval_root, cfg.crop_size),
+            val_dataloader=datasets.eval_dataloader(
+                eval_root, cfg.crop_size, native_scale=cfg.scale_factors is not None
+            ),
             val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]),
             val_cfg=dict(type="ValLoop"),
         )
@@ -155,7 +159,12 @@ def train(runner: Any) -> tuple[int, float]:
 
 
 def evaluate(
-    model: Any, eval_root: Path, crop_size: int, tta: bool = False, progress: bool = True
+    model: Any,
+    eval_root: Path,
+    crop_size: int,
+    tta: bool = False,
+    progress: bool = True,
+    native_scale: bool = False,
 ) -> EvalScores:
     """Predict the Val split once; score it with mmseg's IoUMetric and numpy, and check both."""
     ensure_mmseg()
@@ -167,7 +176,9 @@ def evaluate(
 
     init_default_scope("mmseg")
 
-    loader = Runner.build_dataloader(datasets.eval_dataloader(eval_root, crop_size, tta))
+    loader = Runner.build_dataloader(
+        datasets.eval_dataloader(eval_root, crop_size, tta, native_scale)
+    )
     predictor = model
     if tta:
         from mmseg.models import SegTTAModel
