@@ -17,6 +17,7 @@ from lfactory import (
     data_commands,
     factory_commands,
     model_commands,
+    quality_commands,
     store_commands,
     validate_commands,
 )
@@ -31,7 +32,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (data_commands, model_commands, store_commands, validate_commands, factory_commands):
+for module in (
+    data_commands,
+    model_commands,
+    store_commands,
+    validate_commands,
+    factory_commands,
+    quality_commands,
+):
     module.register(app)
 
 

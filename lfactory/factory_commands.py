@@ -15,7 +15,7 @@ ConfigArg = Annotated[
 ]
 
 
-def _prefect_home(config: FactoryConfig) -> Path:
+def prefect_home(config: FactoryConfig) -> Path:
     # A user's own PREFECT_HOME wins; otherwise the factory keeps its database beside its data.
     return Path(os.environ.get("PREFECT_HOME") or config.work_dir / "prefect")
 
@@ -33,7 +33,7 @@ def run(config_path: ConfigArg) -> None:
 
     config = load_config(config_path)
     check_data_paths(config.data)  # a wrong folder fails now, not after a server start
-    with api_or_local_server(_prefect_home(config)) as api:
+    with api_or_local_server(prefect_home(config)) as api:
         typer.echo(f"Prefect UI: {ui_url(api)}  (flow runs; artifacts: progress, shards, mIoU)")
         ensure_gpu_limit(config.prefect.gpu_concurrency)
         result = factory(config)
@@ -62,7 +62,7 @@ def serve(config_path: ConfigArg) -> None:
     from deployments.serve import serve_factory
 
     config = load_config(config_path)
-    with api_or_local_server(_prefect_home(config)) as api:
+    with api_or_local_server(prefect_home(config)) as api:
         typer.echo(f"Prefect UI: {ui_url(api)}")
         serve_factory(config)
 
@@ -77,7 +77,7 @@ def server(
     from deployments.local_server import local_server, ui_url
 
     config = load_config(config_path)
-    with local_server(_prefect_home(config), port=port) as api:
+    with local_server(prefect_home(config), port=port) as api:
         typer.echo(f"Prefect UI: {ui_url(api)}  (Ctrl-C stops)")
         try:
             while True:

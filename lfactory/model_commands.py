@@ -37,14 +37,19 @@ def init(
 
 def _train(kind: str, config: Path, max_steps: int | None, no_resume: bool) -> None:
     # Imported here so that `lfactory --help` stays fast.
-    from pipeline_lib.train import train_controlnet, train_label_lora, train_vae
+    from pipeline_lib.train import train_base, train_controlnet, train_label_lora, train_vae
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(config)
-    trainers = {"vae": train_vae, "label-lora": train_label_lora, "controlnet": train_controlnet}
+    trainers = {
+        "vae": train_vae,
+        "base": train_base,
+        "label-lora": train_label_lora,
+        "controlnet": train_controlnet,
+    }
     summary = trainers[kind](cfg, resume=not no_resume, max_steps=max_steps, progress=True)
     if summary is None:
-        typer.echo(f"{kind}: nothing to train (models.preset is unset or vae.steps is 0)")
+        typer.echo(f"{kind}: nothing to train (models.preset is unset or {kind}.steps is 0)")
         return
     state = "done" if summary.complete else "stopped"
     typer.echo(
@@ -66,6 +71,14 @@ def vae(
     _train("vae", config, max_steps, no_resume)
 
 
+@train_app.command("base")
+def base(
+    config: Path = _CONFIG, max_steps: int | None = _MAX_STEPS, no_resume: bool = _NO_RESUME
+) -> None:
+    """Pre-train a preset base's UNet on the Train images (text-to-image), once."""
+    _train("base", config, max_steps, no_resume)
+
+
 @train_app.command("label-lora")
 def label_lora(
     config: Path = _CONFIG, max_steps: int | None = _MAX_STEPS, no_resume: bool = _NO_RESUME
@@ -78,7 +91,8 @@ def label_lora(
 def controlnet(
     config: Path = _CONFIG, max_steps: int | None = _MAX_STEPS, no_resume: bool = _NO_RESUME
 ) -> None:
-    """Train the image generator (ControlNet, label -> image) into controlnet.output."""
+    """Train the image generator (ControlNet or concat UNet, label -> image) into
+    controlnet.output."""
     _train("controlnet", config, max_steps, no_resume)
 
 

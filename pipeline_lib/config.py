@@ -42,7 +42,7 @@ class DataConfig(Section):
 
 class ModelsConfig(Section):
     base: Path | None = Field(None, description="Stable Diffusion directory (diffusers layout)")
-    preset: Literal["tiny", "sd15-shape"] | None = Field(
+    preset: Literal["tiny", "tiny-pixel", "sd15-shape"] | None = Field(
         None, description="initialise base from this preset when it does not exist"
     )
     seed: int = Field(0, description="seed of the random initialisation from preset")
@@ -65,6 +65,20 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     keep_checkpoints: int = Field(2, ge=1, description="resume checkpoints kept on disk")
     data_workers: int = Field(0, ge=0, description="DataLoader processes preparing batches")
+    crop_scale: tuple[float, float] | None = Field(
+        None,
+        description="crop side over resolution, drawn in this range (1, 1: the tile's own "
+        "scale); None: half to all of the tile, resized",
+    )
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the weights"
+    )
+
+    @model_validator(mode="after")
+    def _ordered_scale(self) -> TrainConfig:
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1]:
+            raise ValueError(f"crop_scale must be 0 < low <= high, got {self.crop_scale}")
+        return self
 
 
 class LabelLoraConfig(TrainConfig):
@@ -74,7 +88,18 @@ class LabelLoraConfig(TrainConfig):
 
 
 class ControlNetConfig(TrainConfig):
-    pass
+    """The image model: a ControlNet beside the UNet (the research's path, for real SD), or
+    the base UNet itself with the one-hot label concatenated to its input (``concat``,
+    as SD's inpainting model widens its input), which learns from scratch in minutes."""
+
+    conditioning: Literal["controlnet", "concat"] = "controlnet"
+
+
+class BaseTrainConfig(TrainConfig):
+    """Text-to-image pre-training of a from-scratch preset's UNet on the Train images,
+    before the two research stages fine-tune it. Real SD checkpoints skip it."""
+
+    steps: int = Field(0, ge=0, description="0 skips the stage")
 
 
 class VaeConfig(TrainConfig):
@@ -165,6 +190,15 @@ class ValidationConfig(Section):
     val_interval: int = Field(100, ge=1)
     checkpoint_interval: int = Field(100, ge=1)
     tta: bool = False
+    scale_factors: list[float] | None = Field(
+        None,
+        description="train at these rescale factors and evaluate at the native scale "
+        "(None: mmseg's LoveDA resize to a size tied to crop_size)",
+    )
+    class_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Mask2Former classification-loss weight per class name (default 1)",
+    )
     pretrained_backbone: Path | None = None
     seed: int = 0
     output: Path | None = None
@@ -189,6 +223,7 @@ class FactoryConfig(Section):
     label_lora: LabelLoraConfig = Field(default_factory=LabelLoraConfig)
     controlnet: ControlNetConfig = Field(default_factory=ControlNetConfig)
     vae: VaeConfig = Field(default_factory=VaeConfig)
+    base: BaseTrainConfig = Field(default_factory=BaseTrainConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     quota: QuotaConfig = Field(default_factory=QuotaConfig)
@@ -206,6 +241,7 @@ class FactoryConfig(Section):
             (self.label_lora, "output", work / "models" / "label-lora"),
             (self.controlnet, "output", work / "models" / "controlnet"),
             (self.vae, "output", work / "models" / "vae-training"),
+            (self.base, "output", work / "models" / "base-training"),
             (self.store, "path", work / "store.zarr"),
             (self.validation, "output", work / "validation"),
             (self.prefect, "results_path", work / "prefect-results"),

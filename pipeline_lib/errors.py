@@ -37,6 +37,10 @@ class CheckpointError(FactoryError, FileNotFoundError):
     """A model directory is incomplete or is not the kind of model expected."""
 
 
+class TrainingDivergedError(FactoryError, ArithmeticError):
+    """A training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
 class GpuMemoryError(FactoryError, MemoryError):
     """A step ran out of GPU memory and cannot shrink its batch without changing its result."""
 

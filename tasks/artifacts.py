@@ -15,6 +15,8 @@ from prefect.artifacts import (
 )
 
 from pipeline_lib.report.iou_table import markdown_table
+from pipeline_lib.report.quality import GRID_ALT, QualityReport
+from pipeline_lib.report.quality import markdown as quality_markdown
 from pipeline_lib.store.shard_writer import ShardResult
 from pipeline_lib.validate import ValidationReport
 
@@ -89,3 +91,24 @@ def publish_validation(
 
 def _round(value: float) -> float | None:
     return None if value is None or math.isnan(value) else round(value, 4)
+
+
+def publish_quality(name: str, report: QualityReport) -> None:
+    """The quality table and the real/generated grid, as artifacts of the quality run."""
+    data = report.to_json()
+    rows = [
+        {"data": r.data_name, **{c: _round(r.iou[c]) for c in r.iou}, "mIoU": _round(r.miou)}
+        for r in report.validation.rows
+    ]
+    create_table_artifact(
+        table=rows,
+        key=_key(name, "quality-miou"),
+        description=f"{name}: Gen. / Ori. / Gen.+Ori. mIoU on {report.validation.eval_split}; "
+        f"Gen./Ori. {data['gen_over_ori']}, consistency {report.consistency.miou:.3f}",
+    )
+    grid = _png_inline(Path(report.files["grid"]), GRID_ALT)
+    create_markdown_artifact(
+        markdown=quality_markdown(report, grid_image=grid),
+        key=_key(name, "quality-report"),
+        description=f"{name}: quality report",
+    )

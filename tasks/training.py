@@ -12,7 +12,13 @@ from pipeline_lib.config import FactoryConfig
 from pipeline_lib.data.loveda import fingerprint
 from pipeline_lib.micro_batches import exact_splits, split_batch
 from pipeline_lib.models.checkpoint import model_hash
-from pipeline_lib.train import TrainSummary, train_controlnet, train_label_lora, train_vae
+from pipeline_lib.train import (
+    TrainSummary,
+    train_base,
+    train_controlnet,
+    train_label_lora,
+    train_vae,
+)
 from tasks.options import GPU_TAG, back_off_on_oom, digest
 
 
@@ -20,7 +26,7 @@ def _base_identity(config: FactoryConfig) -> str:
     # A base built from a preset is a function of the preset and its seed (it may not exist
     # yet when the key is computed); a real checkpoint is known by its files.
     if config.models.preset is not None:
-        return digest("preset", config.models.preset, config.models.seed, config.vae)
+        return digest("preset", config.models.preset, config.models.seed, config.vae, config.base)
     return model_hash(Path(config.models.base))
 
 
@@ -57,6 +63,12 @@ def _train_with_oom_back_off(train, config: FactoryConfig, section: str, what: s
 def train_vae_task(config: FactoryConfig) -> TrainSummary | None:
     """The VAE of a from-scratch preset base, trained once and installed into the base."""
     return _train_with_oom_back_off(train_vae, config, "vae", "VAE training")
+
+
+@task(name="train-base", tags=[GPU_TAG], cache_key_fn=_training_key("base"))
+def train_base_task(config: FactoryConfig) -> TrainSummary | None:
+    """A from-scratch preset's UNet pre-trained on the Train images, installed into the base."""
+    return _train_with_oom_back_off(train_base, config, "base", "base pre-training")
 
 
 @task(name="train-label-lora", tags=[GPU_TAG], cache_key_fn=_training_key("label_lora"))

@@ -17,6 +17,15 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real local Prefect server for every test that needs one (they start in ~20 s)."""
+    from deployments.local_server import local_server
+
+    with local_server(tmp_path_factory.mktemp("prefect-home")) as api:
+        yield api
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Torch on one thread for a training module: on cores shared with other jobs, two

@@ -126,3 +126,33 @@ BAD_KINDS = {
     "garbage bytes": make_garbage_file,
     "empty split": make_empty_split,
 }
+
+
+WATER, FOREST = 4, 6
+TWO_CLASS_COLOURS = {WATER: (30, 60, 200), FOREST: (40, 170, 40)}
+
+
+def two_class_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Water on one side of a random straight line, forest on the other."""
+    angle, offset = rng.uniform(0, 2 * np.pi), rng.uniform(-0.3, 0.3) * size
+    y, x = np.mgrid[:size, :size] - size / 2
+    side = np.cos(angle) * x + np.sin(angle) * y > offset
+    return np.where(side, WATER, FOREST).astype(np.uint8)
+
+
+def two_class_image(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each class in its own colour, with a little noise: the image follows the label."""
+    image = np.zeros((*mask.shape, 3), np.float64)
+    for value, colour in TWO_CLASS_COLOURS.items():
+        image[mask == value] = colour
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+def write_two_class_loveda(root: Path, tiles: int = 8, size: int = 32, seed: int = 0) -> Path:
+    """A toy tree in which an image model that ignores its label cannot beat chance."""
+    rng = np.random.default_rng(seed)
+    for split in SPLITS:
+        for index in range(tiles):
+            mask = two_class_mask(rng, size)
+            write_tile(root, split, "Rural", str(index), two_class_image(mask, rng), mask)
+    return root

@@ -19,14 +19,6 @@ SUBFLOWS = ("train-models", "generate-shards", "validate-dataset")
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    from deployments.local_server import local_server
-
-    with local_server(tmp_path_factory.mktemp("prefect-home")) as api:
-        yield api
-
-
-@pytest.fixture(scope="module")
 def first_run(prefect_api, tmp_path_factory):
     """One factory run in which the first shard's generation fails once, transiently."""
     import tasks.generation

@@ -80,7 +80,7 @@ def test_trained_vae_is_installed_into_the_base_once(tmp_path, blocky):
     pipe = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
     assert pipe.vae.config.scaling_factor == installed.config.scaling_factor
     record = json.loads((base / RECORD).read_text())
-    assert record["vae_hash"] == summary.output_hash == model_hash(cfg.vae.output)
+    assert record["output_hash"] == summary.output_hash == model_hash(cfg.vae.output)
 
     hash_after = model_hash(base)
     again = train_vae(cfg, progress=False)

@@ -8,6 +8,7 @@ of that batch, so :func:`regenerate` can replay a sample's batches bit for bit.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -23,10 +24,13 @@ from diffusers import (
     PNDMScheduler,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
+    UNet2DConditionModel,
 )
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.data.palette import colourise
+from pipeline_lib.errors import CheckpointError
+from pipeline_lib.generate.concat_pipeline import LabelConcatPipeline
 from pipeline_lib.generate.qa import LabelQA, score_label
 from pipeline_lib.generate.seeds import image_seed, pick_style, sample_id, sample_seed
 from pipeline_lib.models.checkpoint import (
@@ -57,13 +61,23 @@ def resolve_device(device: str) -> torch.device:
 
 
 def controlnet_dir(cfg: FactoryConfig) -> Path:
-    """The trained ControlNet when one exists, else the one initialised beside the base."""
+    """The trained image model when one exists, else the ControlNet initialised beside the
+    base; a concat image model has no untrained stand-in."""
     trained = Path(cfg.controlnet.output)
-    return (
-        trained
-        if (trained / "config.json").is_file()
-        else Path(cfg.models.base) / CONTROLNET_SUBDIR
-    )
+    if (trained / "config.json").is_file():
+        return trained
+    if cfg.controlnet.conditioning == "concat":
+        raise CheckpointError(
+            f"{trained}: no trained concat image model; run `lfactory train controlnet` "
+            "(or the factory) before generating"
+        )
+    return Path(cfg.models.base) / CONTROLNET_SUBDIR
+
+
+def is_concat_model(folder: Path) -> bool:
+    """True when ``folder`` holds a UNet whose input takes the label (not a ControlNet)."""
+    config = json.loads((folder / "config.json").read_text())
+    return config.get("_class_name") == "UNet2DConditionModel"
 
 
 @dataclass(frozen=True)
@@ -112,12 +126,22 @@ class Generator:
             self.label_pipe.load_lora_weights(lora)
             self.lora_hash = model_hash(lora)
         cn_dir = controlnet_dir(cfg)
-        self.image_pipe = StableDiffusionControlNetPipeline(
-            **shared,
-            controlnet=load_controlnet(cn_dir, dtype=self.dtype),
-            scheduler=scheduler_cls.from_config(parts.scheduler.config),
-            **none,
-        )
+        image_scheduler = scheduler_cls.from_config(parts.scheduler.config)
+        self.concat = is_concat_model(cn_dir)
+        if self.concat:
+            unet = UNet2DConditionModel.from_pretrained(
+                cn_dir, torch_dtype=self.dtype, local_files_only=True
+            )
+            self.image_pipe = LabelConcatPipeline(
+                parts.vae, parts.text_encoder, parts.tokenizer, unet, image_scheduler
+            )
+        else:
+            self.image_pipe = StableDiffusionControlNetPipeline(
+                **shared,
+                controlnet=load_controlnet(cn_dir, dtype=self.dtype),
+                scheduler=image_scheduler,
+                **none,
+            )
         for pipe in (self.label_pipe, self.image_pipe):
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
@@ -177,6 +201,17 @@ class Generator:
                 (0, self.cfg.generation.resolution, self.cfg.generation.resolution, 3), np.uint8
             )
         gen = self.cfg.generation
+        generators = [torch.Generator("cpu").manual_seed(image_seed(d.seed)) for d in draws]
+        if self.concat:
+            out = self.image_pipe(
+                prompt=[d.prompt for d in draws],
+                negative_prompt=[d.negative_prompt for d in draws],
+                masks=np.stack(masks),
+                num_inference_steps=gen.image_steps,
+                guidance_scale=gen.image_guidance,
+                generator=generators,
+            )
+            return _to_uint8(out)
         control = np.stack([colourise(m) for m in masks]).astype(np.float32) / 255
         # The label LoRA was trained for label maps; the image pass uses the base UNet.
         lora = self.lora_hash != NO_LORA
@@ -192,7 +227,7 @@ class Generator:
                 height=gen.resolution,
                 width=gen.resolution,
                 output_type="np",
-                generator=[torch.Generator("cpu").manual_seed(image_seed(d.seed)) for d in draws],
+                generator=generators,
             ).images
         finally:
             if lora:

@@ -28,6 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.errors import CheckpointError
+from pipeline_lib.models.pixel_codec import PixelShuffleAutoencoder
 from pipeline_lib.models.presets import Preset, get_preset
 from pipeline_lib.models.tokenizer import build_tokenizer
 
@@ -40,6 +41,7 @@ SD_PIPELINES = (
 )
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 CONTROLNET_SUBDIR = "controlnet"
+VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "PixelShuffleAutoencoder": PixelShuffleAutoencoder}
 _DIFFUSERS_WEIGHTS = (
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.bin",
@@ -78,7 +80,7 @@ def build_components(preset: str | Preset, seed: int = 0) -> dict[str, Any]:
     preset = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**preset.unet)
-    vae = AutoencoderKL(**preset.vae)
+    vae = VAE_CLASSES[preset.vae_class](**preset.vae)
     text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
     return {
         "unet": unet,
@@ -238,7 +240,7 @@ def load_sd_components(path: str | Path, dtype: torch.dtype = torch.float32) -> 
         unet=UNet2DConditionModel.from_pretrained(
             path, subfolder="unet", torch_dtype=dtype, **local
         ),
-        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **local),
+        vae=_vae_class(path).from_pretrained(path, subfolder="vae", torch_dtype=dtype, **local),
         text_encoder=CLIPTextModel.from_pretrained(
             path, subfolder="text_encoder", dtype=dtype, **local
         ),
@@ -246,6 +248,20 @@ def load_sd_components(path: str | Path, dtype: torch.dtype = torch.float32) -> 
         scheduler=scheduler_cls.from_pretrained(path, subfolder="scheduler", **local),
         path=path,
     )
+
+
+def sd_scale_factor(vae: Any) -> int:
+    """How many times smaller than the image the latent is, as diffusers pipelines compute it."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _vae_class(path: Path) -> Any:
+    name = _read_json(path / "vae" / "config.json").get("_class_name")
+    if name not in VAE_CLASSES:
+        raise CheckpointError(
+            f"{path}/vae: unknown VAE _class_name={name!r} (known: {', '.join(VAE_CLASSES)})"
+        )
+    return VAE_CLASSES[name]
 
 
 def _scheduler_class(path: Path) -> Any:

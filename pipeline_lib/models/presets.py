@@ -36,9 +36,13 @@ class Preset:
     text_encoder: dict[str, Any]
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(_SD_SCHEDULER))
     controlnet_conditioning_channels: tuple[int, ...] = (16, 32, 96, 256)
+    # "AutoencoderKL" (trained by the vae stage) or "PixelShuffleAutoencoder" (exact).
+    vae_class: str = "AutoencoderKL"
 
     @property
     def vae_scale_factor(self) -> int:
+        if self.vae_class == "PixelShuffleAutoencoder":
+            return int(self.vae["patch_size"])
         return 2 ** (len(self.vae["block_out_channels"]) - 1)
 
 
@@ -111,6 +115,40 @@ TINY = Preset(
     controlnet_conditioning_channels=(16, 32),
 )
 
+# What followed its label and drew label layouts in the CPU probes (DESIGN.md): an
+# SD-shaped UNet of (64, 96, 128) channels, one layer per block, cross-attention only at
+# the lowest level (4.9M parameters), on v-prediction with the cosine schedule, sampled
+# with DDIM on trailing timesteps. Its "VAE" is the exact 2x2 pixel fold, so labels and
+# images reach the model and come back without loss and no VAE needs training.
+TINY_PIXEL = Preset(
+    name="tiny-pixel",
+    unet={
+        "sample_size": 32,
+        "in_channels": 12,
+        "out_channels": 12,
+        "block_out_channels": (64, 96, 128),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    },
+    vae={"in_channels": 3, "patch_size": 2, "scaling_factor": 1.0},
+    vae_class="PixelShuffleAutoencoder",
+    text_encoder=TINY.text_encoder,
+    scheduler={
+        "num_train_timesteps": 1000,
+        "beta_schedule": "squaredcos_cap_v2",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "timestep_spacing": "trailing",
+        "steps_offset": 1,
+        "prediction_type": "v_prediction",
+    },
+    controlnet_conditioning_channels=(16, 32),
+)
+
 SD15_SHAPE = Preset(
     name="sd15-shape",
     unet={
@@ -163,7 +201,7 @@ FROM_SCRATCH_LORA_TARGETS: tuple[str, ...] = (
     "time_emb_proj",
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, SD15_SHAPE)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, TINY_PIXEL, SD15_SHAPE)}
 
 
 def get_preset(name: str) -> Preset:

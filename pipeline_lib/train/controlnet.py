@@ -1,7 +1,13 @@
-"""Image generator: a ControlNet that turns a colourised label map into the aerial image.
+"""Image generator: the model that turns a label map into the aerial image.
 
-UNet, VAE and text encoder stay frozen; the ControlNet starts from ``<base>/controlnet``
-(written by ``models init``) or, when absent, from a copy of the UNet's encoder.
+``controlnet`` (the research's path, for real SD): UNet, VAE and text encoder stay frozen;
+a ControlNet that reads the colourised label starts from ``<base>/controlnet`` (written by
+``models init``) or, when absent, from a copy of the UNet's encoder. Its zero
+convolutions start silent, which a from-scratch base cannot afford on a CPU budget.
+
+``concat`` (from-scratch presets): the base UNet itself, its input widened by the one-hot
+label channels (zero-initialised, as SD's inpainting UNet widens its input), trained
+whole; the label and prompt are dropped together for classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import logging
 from pathlib import Path
 
 import torch
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, UNet2DConditionModel
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.models.checkpoint import (
@@ -20,7 +26,9 @@ from pipeline_lib.models.checkpoint import (
     load_controlnet,
     load_sd_components,
     model_hash,
+    sd_scale_factor,
 )
+from pipeline_lib.models.label_condition import condition_channels, label_condition
 from pipeline_lib.train.datasets import Batch
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.resumable import (
@@ -44,17 +52,33 @@ def initial_controlnet(base: Path, unet: torch.nn.Module, vae_scale_factor: int)
     return controlnet_from_unet(unet, vae_scale_factor)
 
 
+def concat_unet(unet: UNet2DConditionModel, scale_factor: int) -> UNet2DConditionModel:
+    """``unet`` with the label's class channels appended to its input, initially ignored."""
+    extra = condition_channels(scale_factor)
+    config = dict(unet.config, in_channels=unet.config.in_channels + extra)
+    widened = UNet2DConditionModel.from_config(config)
+    state = unet.state_dict()
+    weight = state.pop("conv_in.weight")
+    widened.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        widened.conv_in.weight.zero_()
+        widened.conv_in.weight[:, : weight.shape[1]] = weight
+        widened.conv_in.bias.copy_(state["conv_in.bias"])
+    return widened
+
+
 def train_controlnet(
     cfg: FactoryConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True
 ) -> TrainSummary:
-    """Train (or resume) the ControlNet into ``cfg.controlnet.output`` (save_pretrained)."""
+    """Train (or resume) the image model into ``cfg.controlnet.output`` (save_pretrained)."""
+    if cfg.controlnet.conditioning == "concat":
+        return _train_concat(cfg, resume, max_steps, progress)
     train = cfg.controlnet
     base = ensure_base_models(cfg)
     accelerator = make_accelerator(cfg, train)
     dtype = weight_dtype(accelerator)
     sd = load_sd_components(base)
-    scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
-    controlnet = initial_controlnet(base, sd.unet, scale)
+    controlnet = initial_controlnet(base, sd.unet, sd_scale_factor(sd.vae))
     for frozen in (sd.unet, sd.vae, sd.text_encoder):
         place(frozen.requires_grad_(False).eval(), accelerator.device, dtype)
     controlnet.requires_grad_(True).to(accelerator.device)
@@ -81,6 +105,47 @@ def train_controlnet(
     job = TrainJob(
         kind="controlnet",
         model=controlnet,
+        batch=loss.batch,
+        loss=step_loss,
+        save_final=lambda out: accelerator.unwrap_model(job.model).save_pretrained(
+            out, safe_serialization=True
+        ),
+        samples_per_step=train.batch_size * train.grad_accum,
+        config_hash=train_section_hash(train, training_prompt(cfg)),
+        base_model_hash=model_hash(base),
+        output=train.output,
+    )
+    return run_training(
+        job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
+    )
+
+
+def _train_concat(
+    cfg: FactoryConfig, resume: bool, max_steps: int | None, progress: bool
+) -> TrainSummary:
+    train = cfg.controlnet
+    base = ensure_base_models(cfg)
+    accelerator = make_accelerator(cfg, train)
+    dtype = weight_dtype(accelerator)
+    sd = load_sd_components(base)
+    scale = sd_scale_factor(sd.vae)
+    unet = concat_unet(sd.unet, scale)
+    for frozen in (sd.vae, sd.text_encoder):
+        place(frozen.requires_grad_(False).eval(), accelerator.device, dtype)
+    unet.requires_grad_(True).to(accelerator.device)
+    loss = DiffusionLoss.for_training(cfg, train, sd, accelerator.device, dtype, use_label=False)
+
+    def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
+        noisy, t, text, target = loss.inputs(batch)
+        cond = label_condition(batch.mask, scale).to(accelerator.device, noisy.dtype)
+        cond = cond * batch.keep_prompt.to(accelerator.device)[:, None, None, None]
+        with accelerator.autocast():
+            prediction = job.model(torch.cat([noisy, cond], 1), t, encoder_hidden_states=text)
+        return loss.mse(prediction.sample, target)
+
+    job = TrainJob(
+        kind="image-concat",
+        model=unet,
         batch=loss.batch,
         loss=step_loss,
         save_final=lambda out: accelerator.unwrap_model(job.model).save_pretrained(

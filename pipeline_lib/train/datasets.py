@@ -26,14 +26,16 @@ CACHE_BYTES = 1 << 30
 class Batch:
     """``label``: colourised masks in [0, 1]; ``image``: aerial images in [-1, 1] (B,3,H,W).
 
-    ``keep_prompt`` is False where the prompt is dropped (classifier-free guidance);
-    ``seeds`` seed each sample's diffusion noise.
+    ``mask``: the raw LoveDA values of the same crops (B,H,W) int64;
+    ``keep_prompt`` is False where the prompt (and a concatenated condition) is dropped,
+    for classifier-free guidance; ``seeds`` seed each sample's diffusion noise.
     """
 
     label: torch.Tensor
     image: torch.Tensor
     keep_prompt: torch.Tensor
     seeds: torch.Tensor
+    mask: torch.Tensor
 
 
 def train_tiles(root: str | Path) -> list[Tile]:
@@ -60,8 +62,10 @@ class PairSampler:
         with_images: bool = True,
         empty_prompt_prob: float = 0.0,
         cache_bytes: int = CACHE_BYTES,
+        crop_scale: tuple[float, float] | None = None,
     ):
         self.tiles = train_tiles(root)
+        self.crop_scale = crop_scale
         self.resolution = resolution
         self.seed = seed
         self.with_images = with_images
@@ -78,23 +82,33 @@ class PairSampler:
         Sample j of a step is the same however the step is split into micro-batches
         (8 x 1 or 4 x 2), so halving the batch after an out-of-memory keeps the data.
         """
-        labels, images, keep, seeds = [], [], [], []
+        labels, images, keep, seeds, masks = [], [], [], [], []
         for j in range(micro * batch_size, (micro + 1) * batch_size):
             rng = np.random.default_rng([self.seed, step, j])
-            label, image = self._sample(rng)
+            label, image, mask = self._sample(rng)
             labels.append(label)
             images.append(image)
+            masks.append(mask)
             keep.append(rng.random() >= self.empty_prompt_prob)
             seeds.append(int(rng.integers(1 << 62)))
         return Batch(
-            torch.stack(labels), torch.stack(images), torch.tensor(keep), torch.tensor(seeds)
+            torch.stack(labels),
+            torch.stack(images),
+            torch.tensor(keep),
+            torch.tensor(seeds),
+            torch.stack(masks),
         )
 
-    def _sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        mask, image = self._read(int(rng.integers(len(self.tiles))))
-        side = min(mask.shape)
+    def _crop_side(self, rng: np.random.Generator, side: int) -> int:
+        if self.crop_scale is not None:
+            low, high = (min(side, round(self.resolution * s)) for s in self.crop_scale)
+            return int(rng.integers(low, high + 1))
         low = min(side, max(self.resolution, side // 2))
-        crop = int(rng.integers(low, side + 1))
+        return int(rng.integers(low, side + 1))
+
+    def _sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask, image = self._read(int(rng.integers(len(self.tiles))))
+        crop = self._crop_side(rng, min(mask.shape))
         y = int(rng.integers(0, mask.shape[0] - crop + 1))
         x = int(rng.integers(0, mask.shape[1] - crop + 1))
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
@@ -102,13 +116,15 @@ class PairSampler:
         # and colourising the small result is far cheaper than the 1024 px tile.
         rows = y + np.arange(self.resolution) * crop // self.resolution
         cols = x + np.arange(self.resolution) * crop // self.resolution
-        label = _augment(_to_chw(colourise(mask[np.ix_(rows, cols)])), turns, flip)
+        small = mask[np.ix_(rows, cols)]
+        label = _augment(_to_chw(colourise(small)), turns, flip)
+        raw = _augment(torch.from_numpy(small.astype(np.int64))[None], turns, flip)[0]
         if image is None:
             out_image = torch.zeros_like(label)
         else:
             out_image = _resize(_to_chw(image[y : y + crop, x : x + crop]), self.resolution)
             out_image = _augment(out_image, turns, flip) * 2 - 1
-        return label, out_image
+        return label, out_image, raw
 
     def _read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         # Decoding a 1024 px PNG costs more than a tiny training step: keep recent tiles.

@@ -80,6 +80,7 @@ class DiffusionLoss:
             train.seed,
             with_images=not use_label,
             empty_prompt_prob=train.empty_prompt_prob,
+            crop_scale=train.crop_scale,
         )
         return cls(cfg, sd, sampler, train.seed, train.batch_size, device, dtype, use_label)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -25,12 +26,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pipeline_lib.config import FactoryConfig, TrainConfig
-from pipeline_lib.errors import CheckpointError, ConfigError
+from pipeline_lib.errors import CheckpointError, ConfigError, TrainingDivergedError
 from pipeline_lib.models.checkpoint import model_hash
 from pipeline_lib.train.datasets import Batch
 
@@ -40,6 +42,7 @@ CHECKPOINTS = "checkpoints"
 SUMMARY = "training_summary.json"
 _STATE = "state.json"
 _WEIGHTS = "trainable.safetensors"
+_EMA_WEIGHTS = "ema.safetensors"
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ def save_checkpoint(
     step: int,
     state: dict[str, Any],
     keep: int,
+    ema: EMAModel | None = None,
 ) -> Path:
     """Write weights, optimizer, LR scheduler, RNG states and loop state for ``step``."""
     final = _checkpoint_dir(job.output, step)
@@ -182,9 +186,14 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model = accelerator.unwrap_model(job.model)
+    names = list(_trainable(model))
     save_file(
         {n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()}, tmp / _WEIGHTS
     )
+    if ema is not None:
+        shadow = dict(zip(names, ema.shadow_params, strict=True))
+        save_file({n: t.detach().cpu().contiguous() for n, t in shadow.items()}, tmp / _EMA_WEIGHTS)
+        state = {**state, "ema_step": ema.optimization_step}
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
     torch.save(_rng_states(), tmp / "rng.pt")
@@ -199,7 +208,12 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    job: TrainJob, accelerator: Accelerator, optimizer: Any, lr_scheduler: Any, folder: Path
+    job: TrainJob,
+    accelerator: Accelerator,
+    optimizer: Any,
+    lr_scheduler: Any,
+    folder: Path,
+    ema: EMAModel | None = None,
 ) -> dict[str, Any]:
     """Restore a checkpoint into the live objects; returns its loop state."""
     state = json.loads((folder / _STATE).read_text())
@@ -217,6 +231,13 @@ def load_checkpoint(
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor)
+        if ema is not None:
+            if not (folder / _EMA_WEIGHTS).is_file():
+                raise CheckpointError(f"{folder}: no {_EMA_WEIGHTS}, but ema_decay is set")
+            shadow = load_file(folder / _EMA_WEIGHTS)
+            for held, name in zip(ema.shadow_params, params, strict=True):
+                held.copy_(shadow[name])
+            ema.optimization_step = int(state.pop("ema_step"))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
     _set_rng_states(torch.load(folder / "rng.pt", weights_only=True))
@@ -299,6 +320,8 @@ def run_training(
         "constant_with_warmup", optimizer, num_warmup_steps=train.lr_warmup_steps
     )
     job.model, optimizer, lr_scheduler = accelerator.prepare(job.model, optimizer, lr_scheduler)
+    # The average that gets saved as the final model; the raw weights keep training.
+    ema = EMAModel(params, decay=train.ema_decay) if train.ema_decay else None
 
     state: dict[str, Any] = {
         "loss_curve": [],
@@ -309,7 +332,7 @@ def run_training(
     start = 0
     checkpoint = latest_checkpoint(output) if resume else None
     if checkpoint is not None:
-        state = load_checkpoint(job, accelerator, optimizer, lr_scheduler, checkpoint)
+        state = load_checkpoint(job, accelerator, optimizer, lr_scheduler, checkpoint, ema)
         start = state.pop("step")
         log.info("%s: resuming from %s", job.kind, checkpoint)
     stop = min(train.steps, max_steps) if max_steps is not None else train.steps
@@ -337,7 +360,16 @@ def run_training(
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            recent.append(loss.detach().item())
+            value = loss.detach().item()
+            if not math.isfinite(value):
+                # The previous checkpoint stays the resume point: nothing of this step is saved.
+                raise TrainingDivergedError(
+                    f"{job.kind}: loss is {value} at step {step + 1}; lower {job.kind}'s lr "
+                    f"or raise its warm-up (resume starts from {latest_checkpoint(output)})"
+                )
+            recent.append(value)
+        if ema is not None:
+            ema.step(params)
         done = step + 1
         if done % log_every == 0 or done == stop:
             last_loss = float(np.mean(recent))
@@ -349,12 +381,14 @@ def run_training(
             state["wall_time_s"] += time.perf_counter() - began
             began = time.perf_counter()
             save_checkpoint(
-                job, accelerator, optimizer, lr_scheduler, done, state, train.keep_checkpoints
+                job, accelerator, optimizer, lr_scheduler, done, state, train.keep_checkpoints, ema
             )
     bar.close()
 
     complete = stop >= train.steps
     if complete:
+        if ema is not None:
+            ema.copy_to(params)
         job.save_final(output)
     steps_run = max(stop, start)
     wall = state["wall_time_s"]

@@ -21,9 +21,10 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
-from pipeline_lib.config import FactoryConfig, VaeConfig
+from pipeline_lib.config import FactoryConfig, TrainConfig, VaeConfig
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.models.checkpoint import ensure_base_models, model_hash
+from pipeline_lib.models.presets import get_preset
 from pipeline_lib.train.datasets import Batch, PairSampler
 from pipeline_lib.train.resumable import (
     SUMMARY,
@@ -46,8 +47,10 @@ _CALIBRATION_SAMPLES = 64
 
 
 def vae_training_applies(cfg: FactoryConfig) -> bool:
-    """True for a base built from a preset (random VAE) with ``vae.steps > 0``."""
-    return cfg.models.preset is not None and cfg.vae.steps > 0
+    """True for a base built from a preset with a learnt (random) VAE and ``vae.steps > 0``."""
+    if cfg.models.preset is None or cfg.vae.steps == 0:
+        return False
+    return get_preset(cfg.models.preset).vae_class == "AutoencoderKL"
 
 
 def vae_loss(
@@ -96,45 +99,58 @@ def save_vae(vae: AutoencoderKL, sampler: PairSampler, train: VaeConfig, output:
     vae.save_pretrained(output, safe_serialization=True)
 
 
-def install_vae(trained: Path, base: Path, record: dict[str, Any]) -> None:
-    """Swap ``trained`` into ``base/vae`` and then write the record.
+def install_component(
+    trained: Path, base: Path, subdir: str, files: tuple[str, ...], record: str, data: dict
+) -> None:
+    """Swap the ``files`` of ``trained`` into ``base/subdir``, then write ``base/record``.
 
-    The new folder is staged beside the old one, so a kill leaves either VAE whole;
-    ``train_vae`` puts the old one back if a kill came before the record.
+    The new folder is staged beside the old one, so a kill leaves either version whole;
+    :func:`restore_interrupted_swap` puts the old one back if a kill came before the record.
     """
-    staged = base / f".{VAE_SUBDIR}.partial"
-    old = base / f".{VAE_SUBDIR}.old"
+    staged = base / f".{subdir}.partial"
+    old = base / f".{subdir}.old"
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir()
-    for name in ("config.json", WEIGHTS):
+    for name in files:
         shutil.copy2(trained / name, staged / name)
     shutil.rmtree(old, ignore_errors=True)
-    (base / VAE_SUBDIR).rename(old)
-    staged.rename(base / VAE_SUBDIR)
-    tmp = base / f".{RECORD}.partial"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    tmp.rename(base / RECORD)
+    (base / subdir).rename(old)
+    staged.rename(base / subdir)
+    tmp = base / f".{record}.partial"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.rename(base / record)
     shutil.rmtree(old, ignore_errors=True)
-    log.info("installed the trained VAE into %s (base hash %s)", base, model_hash(base))
+    log.info("installed the trained %s into %s (base hash %s)", subdir, base, model_hash(base))
 
 
-def _restore_interrupted_swap(base: Path) -> None:
-    # Without a record the install did not finish: the old (untrained) VAE is the one.
-    old = base / f".{VAE_SUBDIR}.old"
+def restore_interrupted_swap(base: Path, subdir: str, record: str) -> None:
+    """Without its record an install did not finish: the old folder is the one."""
+    old = base / f".{subdir}.old"
     if not old.is_dir():
         return
-    if not (base / RECORD).is_file():
-        log.warning("restoring %s from an interrupted VAE install", base / VAE_SUBDIR)
-        shutil.rmtree(base / VAE_SUBDIR, ignore_errors=True)
-        old.rename(base / VAE_SUBDIR)
+    if not (base / record).is_file():
+        log.warning("restoring %s from an interrupted install", base / subdir)
+        shutil.rmtree(base / subdir, ignore_errors=True)
+        old.rename(base / subdir)
     else:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read_record(base: Path) -> dict[str, Any] | None:
-    """The ``vae_training.json`` of ``base``, or None when its VAE was never trained."""
-    path = base / RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_record(base: Path, record: str = RECORD) -> dict[str, Any] | None:
+    """The record (e.g. ``vae_training.json``) of ``base``, or None when never trained."""
+    path = base / record
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{path}: unreadable training record ({error}); rebuild the base with "
+            f"`lfactory models init {base} --preset <preset> --force`"
+        ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: a training record must be a JSON object")
+    return data
 
 
 def _load_vae(folder: Path) -> AutoencoderKL:
@@ -145,7 +161,7 @@ def _load_vae(folder: Path) -> AutoencoderKL:
     return vae
 
 
-def _initial_hash(base: Path) -> str:
+def initial_hash(base: Path) -> str:
     # The untrained VAE is fixed by the preset and seed; unlike the base's hash, this
     # survives the install, so a run killed after it still resumes.
     preset = base / PRESET_RECORD
@@ -157,7 +173,8 @@ def _initial_hash(base: Path) -> str:
     return config_hash(json.loads(preset.read_text()))
 
 
-def _recorded_summary(train: VaeConfig, record: dict[str, Any]) -> TrainSummary:
+def recorded_summary(kind: str, train: TrainConfig, record: dict[str, Any]) -> TrainSummary:
+    """The summary of the run that an install record describes (no training now)."""
     path = train.output / SUMMARY
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -166,7 +183,7 @@ def _recorded_summary(train: VaeConfig, record: dict[str, Any]) -> TrainSummary:
             saved["loss_curve"] = [tuple(p) for p in saved["loss_curve"]]
             return TrainSummary(**{k: saved[k] for k in known})
     return TrainSummary(
-        kind="vae",
+        kind=kind,
         output=str(train.output),
         steps=record["steps"],
         target_steps=record["steps"],
@@ -181,7 +198,7 @@ def _recorded_summary(train: VaeConfig, record: dict[str, Any]) -> TrainSummary:
         resumed_from=record["steps"],
         seed=record["seed"],
         device="",
-        output_hash=record["vae_hash"],
+        output_hash=record["output_hash"],
     )
 
 
@@ -198,7 +215,7 @@ def train_vae(
         log.info("vae: not trained (models.preset unset or vae.steps is 0)")
         return None
     base = Path(cfg.models.base)
-    _restore_interrupted_swap(base)
+    restore_interrupted_swap(base, VAE_SUBDIR, RECORD)
     base = ensure_base_models(cfg)
     section_hash = train_section_hash(train)
     record = read_record(base)
@@ -211,7 +228,7 @@ def train_vae(
                 "to train it again"
             )
         log.info("vae: %s already trained (%s); not training again", base, RECORD)
-        return _recorded_summary(train, record)
+        return recorded_summary("vae", train, record)
 
     accelerator = make_accelerator(cfg, train)
     vae = _load_vae(base / VAE_SUBDIR)
@@ -230,23 +247,26 @@ def train_vae(
         save_final=lambda out: save_vae(accelerator.unwrap_model(job.model), sampler, train, out),
         samples_per_step=2 * train.batch_size * train.grad_accum,
         config_hash=section_hash,
-        base_model_hash=_initial_hash(base),
+        base_model_hash=initial_hash(base),
         output=train.output,
     )
     summary = run_training(
         job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
     )
     if summary.complete:
-        install_vae(
+        install_component(
             train.output,
             base,
+            VAE_SUBDIR,
+            ("config.json", WEIGHTS),
+            RECORD,
             {
                 "kind": "vae",
                 "config_hash": section_hash,
                 "steps": train.steps,
                 "seed": train.seed,
                 "initial_hash": job.base_model_hash,
-                "vae_hash": summary.output_hash,
+                "output_hash": summary.output_hash,
             },
         )
     return summary

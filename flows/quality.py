@@ -1,0 +1,43 @@
+"""Flow: the quality proof. Train every stage, generate as many labelled pixels as Train,
+validate Gen. / Ori. / Gen.+Ori., score consistency, write quality.json / quality.md."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+from flows.generate import generate_shards
+from flows.train import train_models
+from flows.validate import validate_dataset
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.quality import matching_quota
+from pipeline_lib.report.quality import QualityReport
+from tasks.artifacts import publish_quality
+from tasks.options import configured
+from tasks.quality import consistency_task, write_quality_task
+
+
+@flow(name="quality")
+def quality(config: FactoryConfig) -> QualityReport:
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
+    for name, summary in train_models(config).items():
+        seconds[f"train {name} (when trained)"] = summary.wall_time_s if summary else 0.0
+    seconds["train (this run)"] = time.perf_counter() - began
+    config = matching_quota(config)  # counts the Train pixels that train_models prepared
+
+    began = time.perf_counter()
+    generate_shards(config)  # validates once, at the quota
+    seconds["generate + validate (this run)"] = time.perf_counter() - began
+    validation = validate_dataset(config, quota_step=config.quota.samples)
+    for row in validation.rows:
+        seconds[f"validate {row.data_name} (when trained)"] = row.train_seconds
+
+    began = time.perf_counter()
+    ori = next(r for r in validation.rows if r.data_name == "Ori.")
+    result = configured(consistency_task, config)(config, ori.checkpoint)
+    seconds["consistency (this run)"] = time.perf_counter() - began
+    report = write_quality_task(config, validation, result, seconds)
+    publish_quality(config.name, report)
+    return report

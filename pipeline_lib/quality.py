@@ -1,0 +1,106 @@
+"""The quality proof's own steps: how many samples to generate, and the report that puts
+the research's table beside label fidelity, consistency and what each stage cost.
+
+Training, generation and validation are the factory's ordinary steps; ``lfactory quality``
+(flows/quality.py) runs them with a quota that gives Gen. as many labelled pixels as Ori.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline_lib.config import FactoryConfig
+from pipeline_lib.data.classes import MAX_VALUE, fractions_from_counts
+from pipeline_lib.data.loveda import list_tiles, read_image, read_mask
+from pipeline_lib.errors import DataError
+from pipeline_lib.report.fidelity import label_fidelity
+from pipeline_lib.report.quality import (
+    QualityReport,
+    majority_baseline,
+    quality_grid,
+    write_quality_report,
+)
+from pipeline_lib.report.results import ValidationReport
+from pipeline_lib.store.store import SampleStore
+from pipeline_lib.validate.consistency import ConsistencyResult
+
+GRID_ROWS = 8
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """Labelled tiles, pixels and class fractions of one split of a LoveDA-layout folder."""
+
+    tiles: int
+    pixels: int
+    fractions: dict[str, float]
+
+
+def split_stats(root: Path, split: str) -> SplitStats:
+    counts = np.zeros(MAX_VALUE + 1, np.int64)
+    tiles = [t for t in list_tiles(root, [split]) if t.mask_path is not None]
+    for tile in tiles:
+        counts += np.bincount(read_mask(tile.mask_path).ravel(), minlength=MAX_VALUE + 1)
+    return SplitStats(len(tiles), int(counts[1:].sum()), fractions_from_counts(counts))
+
+
+def matching_quota(cfg: FactoryConfig) -> FactoryConfig:
+    """``cfg`` with a quota of as many generated labelled pixels as its Train split has,
+    validated once when the quota is reached."""
+    train = split_stats(Path(cfg.data.root), "Train")
+    if train.pixels == 0:
+        raise DataError(f"{cfg.data.root}: no labelled Train pixels to match")
+    samples = math.ceil(train.pixels / cfg.generation.resolution**2)
+    quota = cfg.quota.model_copy(update={"samples": samples, "validate_every": samples})
+    validation = cfg.validation.model_copy(update={"data": ["gen", "ori", "both"]})
+    return cfg.model_copy(update={"quota": quota, "validation": validation})
+
+
+def _real_crops(root: Path, size: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tiles = [t for t in list_tiles(root, ["Train"]) if t.mask_path is not None]
+    images, labels = [], []
+    for index in rng.permutation(len(tiles))[:count]:
+        image, mask = read_image(tiles[index].image_path), read_mask(tiles[index].mask_path)
+        y = int(rng.integers(0, mask.shape[0] - size + 1))
+        x = int(rng.integers(0, mask.shape[1] - size + 1))
+        images.append(image[y : y + size, x : x + size])
+        labels.append(mask[y : y + size, x : x + size])
+    return np.stack(images), np.stack(labels)
+
+
+def write_quality(
+    cfg: FactoryConfig,
+    validation: ValidationReport,
+    consistency: ConsistencyResult,
+    stage_seconds: dict[str, float],
+    out_dir: Path,
+) -> QualityReport:
+    """Assemble and write quality.json, quality.md and quality_grid.png under ``out_dir``."""
+    root = Path(cfg.data.root)
+    train = split_stats(root, "Train")
+    evaluated = split_stats(Path(cfg.data.eval_root), "Val")
+    fidelity = label_fidelity(cfg.store.path, train.fractions)
+    store = SampleStore(cfg.store.path)
+    rows = store.manifest().column("index").to_pylist()[:GRID_ROWS]
+    gen_images, gen_labels = (np.asarray(a) for a in store.read_rows(rows))
+    real_images, real_labels = _real_crops(
+        root, gen_labels.shape[1], len(rows), cfg.generation.seed
+    )
+    report = QualityReport(
+        name=cfg.name,
+        validation=validation,
+        fidelity=fidelity,
+        consistency=consistency,
+        majority_baseline=majority_baseline(train.fractions, evaluated.fractions),
+        stage_seconds=stage_seconds,
+        train_samples=train.tiles,
+        train_pixels=train.pixels,
+        generated_pixels=int(fidelity.samples * gen_labels.shape[1] * gen_labels.shape[2]),
+    )
+    grid = quality_grid(real_images, real_labels, gen_images, gen_labels)
+    return write_quality_report(report, out_dir, grid)

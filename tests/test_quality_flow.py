@@ -1,0 +1,77 @@
+"""``lfactory quality`` under a real Prefect server: a well-formed report, then a re-run that
+repeats no stage."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from factory_configs import minimal_config
+
+from pipeline_lib.config import config_from_dict
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+TRAIN = {"steps": 2, "batch_size": 2, "resolution": 32, "checkpoint_every": 2, "lr": 1e-3}
+# Cheap bookkeeping that re-runs by design: it reads the cached results and writes the files.
+REPORT_TASKS = ("gather-sources", "write-report", "write-quality-report")
+SUBFLOWS = ("train-models", "generate-shards", "validate-dataset")
+
+
+@pytest.fixture(scope="module")
+def quality_run(prefect_api, tmp_path_factory):
+    from flows.quality import quality
+
+    work = tmp_path_factory.mktemp("quality")
+    config = config_from_dict(
+        minimal_config(
+            work,
+            name="qualitytest",
+            models={"preset": "tiny-pixel"},
+            base=TRAIN,
+            controlnet={**TRAIN, "conditioning": "concat"},
+            store={"shard_size": 8},
+        )
+    )
+    state = quality(config, return_state=True)
+    return config, state
+
+
+def _task_runs_since(client, since) -> list:
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterEndTime
+
+    after = TaskRunFilter(end_time=TaskRunFilterEndTime(after_=since))
+    return client.read_task_runs(task_run_filter=after, limit=200)
+
+
+def test_quality_writes_the_research_table_and_label_fidelity(quality_run):
+    config, state = quality_run
+    assert state.is_completed(), state.message
+    report = json.loads((config.work_dir / "quality.json").read_text())
+    assert [r["data_name"] for r in report["table"]["rows"]] == ["Gen.", "Ori.", "Gen.+Ori."]
+    # 4 Train tiles of 64 px = 16,384 labelled pixels = 16 generated samples of 32 px.
+    assert report["train_pixels"] == 16384 and report["generated_samples"] == 16
+    fidelity = report["label_fidelity"]
+    assert 0 <= fidelity["class_fraction_tv"] <= 1 and fidelity["attempts"] >= 16
+    assert set(report["consistency"]["iou"]) == set(report["table"]["classes"])
+    assert report["majority_baseline"]["class"] in report["table"]["classes"]
+    assert {"train base (when trained)", "consistency (this run)"} <= set(report["stage_seconds"])
+    markdown = (config.work_dir / "quality.md").read_text()
+    assert "| Gen. |" in markdown and "consistency" in markdown
+    assert (config.work_dir / "quality_grid.png").stat().st_size > 0
+
+
+def test_a_second_quality_run_repeats_no_stage(quality_run):
+    from prefect.client.orchestration import get_client
+
+    from flows.quality import quality
+
+    config, _ = quality_run
+    since = datetime.now(UTC)
+    second = quality(config, return_state=True)
+    assert second.is_completed(), second.message
+    with get_client(sync_client=True) as client:
+        new = _task_runs_since(client, since)
+    worked = {(r.name, r.state.name) for r in new if not r.name.startswith(REPORT_TASKS + SUBFLOWS)}
+    assert worked and {state for _, state in worked} == {"Cached"}, worked
