@@ -11,9 +11,9 @@ from prefect.runtime import deployment
 
 from flows.validate import validate_dataset, validation_deployment
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.errors import FactoryError
-from pipeline_lib.quota import quota_steps_reached
-from pipeline_lib.store.store import committed_count, plan_shards
+from pipeline_lib.quota import generate_to_quota, quota_steps_reached
+from pipeline_lib.store.shard_writer import ShardResult
+from pipeline_lib.store.store import committed_count
 from pipeline_lib.validate.steps import is_validated
 from tasks.artifacts import publish_shard, report_progress, start_progress
 from tasks.generation import commit_shard_task, generate_shard_task
@@ -60,24 +60,21 @@ def generate_shards(config: FactoryConfig, style: str | None = None) -> Generati
     progress = start_progress(config.name, committed_count(store), quota)
     generate = configured(generate_shard_task, config)
     commit = configured(commit_shard_task, config)
-    written = rejected = 0
-    # Rejected draws can leave a round short of the quota: top up with new shards.
-    while plan := plan_shards(store, quota, config.store.shard_size, top_up=True):
-        before = committed_count(store)
-        for shard_id in plan:
-            result = commit(config, generate(config, shard_id))
-            written, rejected = written + 1, rejected + result.rejected
-            publish_shard(config.name, result)
-            report_progress(progress, committed_count(store), quota)
-            for step in quota_steps_reached(committed_count(store), every, quota):
-                start_validation(config, step)
-        if committed_count(store) == before:
-            raise FactoryError(
-                f"{store}: QA rejected every draw of shards {plan}; relax generation.qa or "
-                "train the label LoRA longer (lfactory store stats shows the reasons)"
-            )
-    committed = committed_count(store)
-    steps = quota_steps_reached(committed, every, quota)
+
+    def after_shard(result: ShardResult, committed: int) -> None:
+        publish_shard(config.name, result)
+        report_progress(progress, committed, quota)
+        for step in quota_steps_reached(committed, every, quota):
+            start_validation(config, step)
+
+    run = generate_to_quota(
+        store,
+        quota,
+        config.store.shard_size,
+        lambda shard_id: commit(config, generate(config, shard_id)),
+        after_shard,
+    )
+    steps = quota_steps_reached(run.committed, every, quota)
     for step in steps:  # a run killed between a commit and its validation catches up here
         start_validation(config, step)
-    return GenerationSummary(store, committed, written, rejected, tuple(steps))
+    return GenerationSummary(store, run.committed, run.shards_written, run.rejected, tuple(steps))

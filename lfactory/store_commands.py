@@ -40,38 +40,51 @@ def generate(
         Path | None, typer.Option("--store", help="store path (default: store.path)")
     ] = None,
 ) -> None:
-    """Generate shards until the store holds SAMPLES; a re-run fills only missing shards."""
+    """Generate shards until the store holds SAMPLES; a re-run fills only missing shards.
+
+    Rejected draws are made up with further shards, as in the factory's flow.
+    """
     from tqdm import tqdm
 
     from pipeline_lib.generate import Generator, generate_and_commit_shard
+    from pipeline_lib.quota import generate_to_quota
 
     cfg = _config(config, store)
     wanted = samples or cfg.quota.samples
     size = cfg.store.shard_size
+    committed = committed_count(cfg.store.path)
     plan = plan_shards(cfg.store.path, wanted, size, top_up=True)
     typer.echo(
-        f"{cfg.store.path}: {committed_count(cfg.store.path)} samples committed, "
+        f"{cfg.store.path}: {committed} samples committed, "
         f"{len(plan)} shard(s) of {size} to generate"
     )
     if not plan:
         return
     generator = Generator(cfg)
-    kept = rejected = 0
     start = time.perf_counter()
-    with tqdm(total=len(plan) * size, unit="sample", desc="generating") as bar:
-        for shard_id in plan:
-            result = generate_and_commit_shard(cfg, generator, shard_id)
-            kept += result.kept
-            rejected += result.rejected
-            bar.update(size)
-            elapsed = time.perf_counter() - start
+    kept = rejected = 0
+    bar = tqdm(total=wanted, initial=min(committed, wanted), unit="sample", desc="generating")
+    with bar:
+
+        def after_shard(result, now_committed: int) -> None:
+            nonlocal kept, rejected
+            kept, rejected = kept + result.kept, rejected + result.rejected
+            bar.update(min(now_committed, wanted) - bar.n)
             bar.set_postfix(
-                kept_per_s=f"{kept / elapsed:.2f}",
+                kept_per_s=f"{kept / (time.perf_counter() - start):.2f}",
                 reject=f"{rejected / max(kept + rejected, 1):.1%}",
             )
+
+        run = generate_to_quota(
+            cfg.store.path,
+            wanted,
+            size,
+            lambda shard_id: generate_and_commit_shard(cfg, generator, shard_id),
+            after_shard,
+        )
     typer.echo(
-        f"committed {kept} samples in {len(plan)} shard(s), rejected {rejected}; "
-        f"store now holds {committed_count(cfg.store.path)}"
+        f"committed {kept} samples in {run.shards_written} shard(s), rejected {run.rejected}; "
+        f"store now holds {run.committed}"
     )
 
 

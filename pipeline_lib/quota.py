@@ -1,6 +1,15 @@
-"""Sample quotas: which validation steps a count of committed samples has reached."""
+"""Sample quotas: generating shards until a store holds the quota, and which validation
+steps a count of committed samples has reached."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline_lib.errors import FactoryError
+from pipeline_lib.store.shard_writer import ShardResult
+from pipeline_lib.store.store import committed_count, plan_shards
 
 
 def quota_steps_reached(committed: int, every: int, quota: int) -> list[int]:
@@ -16,3 +25,45 @@ def quota_steps_reached(committed: int, every: int, quota: int) -> list[int]:
     if committed >= quota and quota not in steps:
         steps.append(quota)
     return steps
+
+
+@dataclass(frozen=True)
+class QuotaRun:
+    """What one generate-to-quota run did."""
+
+    store: Path
+    committed: int
+    shards_written: int
+    rejected: int
+
+
+def generate_to_quota(
+    store: str | Path,
+    quota: int,
+    shard_size: int,
+    make_shard: Callable[[int], ShardResult],
+    on_shard: Callable[[ShardResult, int], None] | None = None,
+) -> QuotaRun:
+    """Call ``make_shard(k)`` (generate and commit shard k) for each shard the store lacks
+    until it holds ``quota`` samples; a re-run resumes where a run stopped.
+
+    Rejected draws can leave a round short of the quota, so rounds repeat with new
+    shards, until a whole round commits nothing (then QA rejects everything and more
+    rounds would not help). ``on_shard(result, committed)`` runs after each shard: the
+    CLI moves a progress bar there, the flow publishes artifacts and starts validations.
+    """
+    store = Path(store)
+    written = rejected = 0
+    while plan := plan_shards(store, quota, shard_size, top_up=True):
+        before = committed_count(store)
+        for shard_id in plan:
+            result = make_shard(shard_id)
+            written, rejected = written + 1, rejected + result.rejected
+            if on_shard is not None:
+                on_shard(result, committed_count(store))
+        if committed_count(store) == before:
+            raise FactoryError(
+                f"{store}: QA rejected every draw of shards {plan}; relax generation.qa or "
+                "train the label LoRA longer (lfactory store stats shows the reasons)"
+            )
+    return QuotaRun(store, committed_count(store), written, rejected)

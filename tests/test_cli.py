@@ -14,6 +14,7 @@ from cli_calls import call_main
 from factory_configs import minimal_config
 from store_fakes import SIZE, fake_shard
 
+from pipeline_lib.config import load_config
 from pipeline_lib.store import commit_shard, create_or_open_store
 
 
@@ -152,3 +153,21 @@ def test_verify_checks_the_manifests_when_an_array_is_damaged(tmp_path, monkeypa
     assert result.code == 2
     assert str(store / "labels" / "zarr.json") in result.err
     assert "2 shard(s), 6 sample(s)" in result.out
+
+
+def test_cli_generate_tops_up_to_the_quota_like_the_flow(tmp_path, monkeypatch, capsys):
+    import pipeline_lib.generate
+    from pipeline_lib.store import committed_count, create_or_open_store
+
+    monkeypatch.setattr(pipeline_lib.generate, "Generator", lambda cfg: None)
+
+    def three_of_four(cfg, generator, shard_id):
+        store = create_or_open_store(cfg.store.path, shard_size=4, height=SIZE, width=SIZE)
+        return commit_shard(store, fake_shard(shard_id, 3))
+
+    monkeypatch.setattr(pipeline_lib.generate, "generate_and_commit_shard", three_of_four)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(minimal_config(tmp_path / "work", store={"shard_size": 4})))
+    result = call_main(monkeypatch, capsys, "generate", config, "--samples", "16")
+    assert result.code == 0, result.err
+    assert committed_count(load_config(config).store.path) == 18  # 6 shards of 3 kept
