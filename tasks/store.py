@@ -6,7 +6,6 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.errors import IntegrityError
 from pipeline_lib.store.manifest import manifest_dir
 from pipeline_lib.store.verify import VerifyReport, verify_store
 from tasks.options import digest
@@ -21,9 +20,4 @@ def _manifests_key(_: TaskRunContext, params: dict) -> str:
 
 @task(name="verify-store", cache_key_fn=_manifests_key)
 def verify_store_task(config: FactoryConfig) -> VerifyReport:
-    report = verify_store(config.store.path)
-    if not report.ok:
-        raise IntegrityError(
-            f"{report.path}: {len(report.problems)} problem(s): " + "; ".join(report.problems[:5])
-        )
-    return report
+    return verify_store(config.store.path).require_ok()

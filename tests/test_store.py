@@ -454,3 +454,27 @@ def test_repair_after_sigkill_removes_leftovers_and_never_committed_data(
     assert_all_expected(path, range(2), 3)
     assert run_child(path, "--samples", "16").returncode == 0
     assert_all_expected(path, range(4), 3)
+
+
+def test_the_verify_task_and_command_fail_alike_and_name_every_problem(
+    tmp_path, monkeypatch, capsys
+):
+    from cli_calls import call_main
+    from factory_configs import minimal_config
+    from prefect.logging import disable_run_logger
+
+    from pipeline_lib.config import config_from_dict
+    from tasks.store import verify_store_task
+
+    config = config_from_dict(minimal_config(tmp_path / "work"))
+    store = make_store(config.store.path, shards=(0, 1, 2))
+    images, _ = store.arrays(mode="r+")
+    images[0:3] = 0
+    images[4:7] = 0  # six damaged samples
+    with disable_run_logger(), pytest.raises(IntegrityError) as task_error:
+        verify_store_task.fn(config)
+    result = call_main(monkeypatch, capsys, "store", "verify", store.path)
+    assert result.code == 2
+    for error in (str(task_error.value), result.err):
+        assert "6 problem(s)" in error
+        assert error.count("image bytes differ") == 6

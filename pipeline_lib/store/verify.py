@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_lib.data.classes import CLASS_NAMES
-from pipeline_lib.errors import StoreError
+from pipeline_lib.errors import IntegrityError, StoreError
 from pipeline_lib.store.manifest import (
     FRACTION_COLUMNS,
     manifest_path,
@@ -39,7 +39,18 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """The one pass/fail rule: committed data is intact (orphans do not fail it)."""
         return not self.problems
+
+    def require_ok(self) -> VerifyReport:
+        """This report, or an IntegrityError listing every problem when it is not ok."""
+        if self.ok:
+            return self
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        raise IntegrityError(
+            f"{self.path}: {len(self.problems)} problem(s) in committed data "
+            f"(regenerate the shards named, or restore them from a backup):\n{lines}"
+        )
 
 
 def verify_store(path: str | Path, check_bytes: bool = True) -> VerifyReport:
