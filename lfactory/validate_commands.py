@@ -30,6 +30,7 @@ def validate(
     from pipeline_lib.data.prepare import prepare_dataset
     from pipeline_lib.errors import ConfigError
     from pipeline_lib.validate import run_validation, train_sources
+    from pipeline_lib.validate.steps import step_dir
 
     if data not in DATA_OPTIONS:
         raise ConfigError(f"--data {data!r} is unknown; choose one of {', '.join(DATA_OPTIONS)}")
@@ -43,7 +44,7 @@ def validate(
         sources,
         Path(cfg.data.eval_root),
         cfg.validation,
-        Path(cfg.validation.output),
+        step_dir(cfg.validation.output, None),  # where the flow writes an ad hoc round
         progress=True,
     )
     typer.echo(Path(report.files["markdown"]).read_text())

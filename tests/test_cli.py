@@ -171,3 +171,24 @@ def test_cli_generate_tops_up_to_the_quota_like_the_flow(tmp_path, monkeypatch, 
     result = call_main(monkeypatch, capsys, "generate", config, "--samples", "16")
     assert result.code == 0, result.err
     assert committed_count(load_config(config).store.path) == 18  # 6 shards of 3 kept
+
+
+def test_cli_validate_writes_where_the_flow_writes_an_ad_hoc_round(tmp_path, monkeypatch, capsys):
+    import pipeline_lib.data.prepare
+    import pipeline_lib.validate
+    from pipeline_lib.validate.steps import step_dir
+
+    work_dirs = []
+
+    def record(sources, eval_root, cfg, work_dir, progress):
+        work_dirs.append(Path(work_dir))
+        raise SystemExit(0)  # the command stops here, as after a finished validation
+
+    monkeypatch.setattr(pipeline_lib.data.prepare, "prepare_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline_lib.validate, "train_sources", lambda *a, **k: {})
+    monkeypatch.setattr(pipeline_lib.validate, "run_validation", record)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(minimal_config(tmp_path / "work")))
+    call_main(monkeypatch, capsys, "validate", config, "--data", "ori")
+    # flows.validate.validate_dataset(config) writes to step_dir(output, quota_step=None).
+    assert work_dirs == [step_dir(load_config(config).validation.output, None)]
