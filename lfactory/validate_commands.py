@@ -9,8 +9,6 @@ import typer
 
 from pipeline_lib.config import load_config
 
-DATA_OPTIONS = ("gen", "ori", "both", "all")
-
 
 def validate(
     config: Annotated[Path, typer.Argument(help="factory YAML config")],
@@ -29,15 +27,16 @@ def validate(
 
     from pipeline_lib.data.prepare import prepare_dataset
     from pipeline_lib.errors import ConfigError
-    from pipeline_lib.validate import run_validation, train_sources
+    from pipeline_lib.validate import DATA_LABELS, run_validation, train_sources
     from pipeline_lib.validate.steps import step_dir
 
-    if data not in DATA_OPTIONS:
-        raise ConfigError(f"--data {data!r} is unknown; choose one of {', '.join(DATA_OPTIONS)}")
+    options = (*DATA_LABELS, "all")
+    if data not in options:
+        raise ConfigError(f"--data {data!r} is unknown; choose one of {', '.join(options)}")
     overrides = {"validation": {"iters": iters}} if iters is not None else None
     cfg = load_config(config, overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    choices = ["gen", "ori", "both"] if data == "all" else [data]
+    choices = list(DATA_LABELS) if data == "all" else [data]
     prepare_dataset(cfg.data, progress=True)
     sources = train_sources(choices, cfg)
     report = run_validation(

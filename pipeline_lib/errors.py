@@ -8,7 +8,6 @@ one line on stderr and exit code 2; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 
 class FactoryError(Exception):
@@ -63,14 +62,3 @@ class IntegrityError(StoreError, ValueError):
 
 class BackendUnavailableError(FactoryError, NotImplementedError):
     """An optional compiled backend (e.g. an mmcv CUDA op) is not installed here."""
-
-
-def short_path(path: str | Path, root: str | Path | None = None) -> str:
-    """A path relative to ``root`` when it lies below it, for readable messages."""
-    path = Path(path)
-    if root is not None:
-        try:
-            return str(path.relative_to(root))
-        except ValueError:
-            pass
-    return str(path)

@@ -11,7 +11,7 @@ from pipeline_lib.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-DATA_CHOICES = ("gen", "ori", "both")
+# The data choices (config validation.data, lfactory validate --data) and their row names.
 DATA_LABELS = {"gen": "Gen.", "ori": "Ori.", "both": "Gen.+Ori."}
 
 
