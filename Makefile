@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install browser demo test test-quick lint bench clean
+.PHONY: install browser postgres demo test test-quick lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,8 +26,17 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium could not be installed; the UI screenshot test will be skipped"
 
+## Debian PostgreSQL for the Prefect-on-PostgreSQL test (installed when root and missing;
+## without it that test is skipped with its reason). Debian keeps initdb off PATH.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		[ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
+			>/dev/null) || \
+		echo "postgresql could not be installed; the PostgreSQL test will be skipped"
+
 ## Lint, then the full test suite (slow tests included; about 4 minutes on 2 idle cores).
-test: install browser
+test: install browser postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 

@@ -2,7 +2,8 @@
 
 The factory's default backend: bound to 127.0.0.1, its database under PREFECT_HOME,
 health-checked before anything talks to it. Production points PREFECT_API_URL at a
-server on PostgreSQL instead (see docker/), and then nothing is started here.
+server on PostgreSQL instead (see docker/), and then nothing is started here; the same
+server can also run here on a PostgreSQL database (``database_url``).
 """
 
 from __future__ import annotations
@@ -56,12 +57,17 @@ def wait_healthy(api_url: str, timeout: float = 120.0) -> None:
 
 @contextmanager
 def local_server(
-    prefect_home: Path, port: int | None = None, log_file: Path | None = None
+    prefect_home: Path,
+    port: int | None = None,
+    log_file: Path | None = None,
+    database_url: str | None = None,
 ) -> Iterator[str]:
     """Start ``prefect server start`` on 127.0.0.1 for the block's duration; yield its API URL.
 
     The environment of this process is pointed at it (PREFECT_API_URL), so flows,
-    ``serve`` and ``run_deployment`` all talk to the same server.
+    ``serve`` and ``run_deployment`` all talk to the same server. ``database_url``
+    (``postgresql+asyncpg://user:password@host:port/db``) replaces the SQLite file under
+    ``prefect_home``; the server creates its tables there on start.
     """
     prefect_home.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
@@ -74,6 +80,8 @@ def local_server(
         "PREFECT_SERVER_API_PORT": str(port),
     }
     env.pop("PREFECT_API_URL", None)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log_file = log_file or prefect_home / "server.log"
     with open(log_file, "ab") as out:
         process = subprocess.Popen(
