@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from pipeline_lib.choices import DATA_LABELS, SCHEDULER_CLASSES, SEGMENTERS
 from pipeline_lib.errors import ConfigError
+from pipeline_lib.models.presets import LORA_TARGETS, PRESETS
 
 DEFAULT_PROMPT = "professional photograph, Satellite imagery, remote sensing, worldview"
 
@@ -42,7 +52,7 @@ class DataConfig(Section):
 
 class ModelsConfig(Section):
     base: Path | None = Field(None, description="Stable Diffusion directory (diffusers layout)")
-    preset: Literal["tiny", "tiny-pixel", "sd15-shape"] | None = Field(
+    preset: Literal[tuple(PRESETS)] | None = Field(  # type: ignore[valid-type]
         None, description="initialise base from this preset when it does not exist"
     )
     seed: int = Field(0, description="seed of the random initialisation from preset")
@@ -84,7 +94,28 @@ class TrainConfig(Section):
 class LabelLoraConfig(TrainConfig):
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    target_modules: str | list[str] = Field(
+        "attention",
+        description=f"module names, or a named set: {', '.join(LORA_TARGETS)}",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_set(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str) and value not in LORA_TARGETS:
+            raise ValueError(f"unknown target set {value!r}; known: {', '.join(LORA_TARGETS)}")
+        return value
+
+    @property
+    def modules(self) -> list[str]:
+        """The module names the LoRA wraps."""
+        named = self.target_modules
+        return list(LORA_TARGETS[named]) if isinstance(named, str) else list(named)
+
+    @field_serializer("target_modules")
+    def _as_names(self, value: str | list[str]) -> list[str]:
+        # A set's name and its members are the same training: hashes see the members.
+        return self.modules
 
 
 class ControlNetConfig(TrainConfig):
@@ -134,7 +165,7 @@ class GenerationConfig(Section):
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = ""
     styles: dict[str, StyleConfig] = Field(default_factory=lambda: {"default": StyleConfig()})
-    scheduler: Literal["ddim", "dpmsolver", "euler", "pndm"] = "ddim"
+    scheduler: Literal[tuple(SCHEDULER_CLASSES)] = "ddim"  # type: ignore[valid-type]
     label_steps: int = Field(20, ge=1, le=1000)
     image_steps: int = Field(20, ge=1, le=1000)
     label_guidance: float = Field(3.0, ge=0)
@@ -179,9 +210,9 @@ class QuotaConfig(Section):
 
 
 class ValidationConfig(Section):
-    model: Literal["mask2former-cpu", "mask2former-r50", "mask2former-swin-t"] = "mask2former-cpu"
-    data: list[Literal["gen", "ori", "both"]] = Field(
-        default_factory=lambda: ["gen", "ori", "both"]
+    model: Literal[SEGMENTERS] = "mask2former-cpu"  # type: ignore[valid-type]
+    data: list[Literal[tuple(DATA_LABELS)]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(DATA_LABELS)
     )
     iters: int = Field(200, ge=1)
     batch_size: int = Field(2, ge=1)

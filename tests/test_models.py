@@ -93,7 +93,6 @@ def test_sd15_shape_preset_has_sd15_parameter_counts():
     assert round(count(vae) / 1e6, 1) == 83.7
     assert round(count(text) / 1e6, 1) == 123.1
     assert SD15_SHAPE.vae_scale_factor == 8
-    assert len(SD15_SHAPE.controlnet_conditioning_channels) == 4
 
 
 def test_unknown_preset_is_a_config_error_naming_the_choices():

@@ -227,7 +227,7 @@ def test_rerun_with_the_same_budget_reuses_the_trained_model(trained):
 def test_resume_continues_the_iteration_count_with_the_saved_weights(trained, tmp_path: Path):
     from mmengine.hooks import Hook
 
-    from pipeline_lib.validate import datasets, runner
+    from pipeline_lib.validate import mmseg_data, runner
 
     base, report = trained
     work = tmp_path / "run"
@@ -243,10 +243,10 @@ def test_resume_continues_the_iteration_count_with_the_saved_weights(trained, tm
             self.same = all(torch.equal(state[k], v) for k, v in saved.items())
 
     roots = [
-        datasets.prepare_split(base / name, datasets.TRAIN, base / "out" / "data-cache")
+        mmseg_data.prepare_split(base / name, mmseg_data.TRAIN, base / "out" / "data-cache")
         for name in ("gen", "ori")
     ]
-    eval_root = datasets.prepare_split(base / "ori", datasets.VAL, base / "out" / "data-cache")
+    eval_root = mmseg_data.prepare_split(base / "ori", mmseg_data.VAL, base / "out" / "data-cache")
     config = runner.runner_config(roots, eval_root, tiny_config(iters=3), work, progress=False)
     mm_runner = runner.build_runner(config, "resume-test")
     probe = Probe()

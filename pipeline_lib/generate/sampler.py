@@ -15,18 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
 from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
 
+from pipeline_lib.choices import SCHEDULER_CLASSES
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import CheckpointError
@@ -43,12 +41,7 @@ from pipeline_lib.store.shard_writer import ShardData
 
 log = logging.getLogger(__name__)
 
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "dpmsolver": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "pndm": PNDMScheduler,
-}
+SCHEDULERS = {name: getattr(diffusers, cls) for name, cls in SCHEDULER_CLASSES.items()}
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 NO_LORA = "none"
 

@@ -343,6 +343,3 @@ def model_hash(path: str | Path, length: int = 16) -> str:
             digest.update(b"\0")
         _HASH_CACHE[key] = digest.hexdigest()
     return _HASH_CACHE[key][:length]
-
-
-hash_lora = model_hash

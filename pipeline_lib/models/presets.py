@@ -35,7 +35,6 @@ class Preset:
     vae: dict[str, Any]
     text_encoder: dict[str, Any]
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(_SD_SCHEDULER))
-    controlnet_conditioning_channels: tuple[int, ...] = (16, 32, 96, 256)
     # "AutoencoderKL" (trained by the vae stage) or "PixelShuffleAutoencoder" (exact).
     vae_class: str = "AutoencoderKL"
 
@@ -112,7 +111,6 @@ TINY = Preset(
         # Byte-level tokens: room for the default prompt plus a style (77 would cut styles off).
         max_length=256,
     ),
-    controlnet_conditioning_channels=(16, 32),
 )
 
 # What followed its label and drew label layouts in the CPU probes (DESIGN.md): an
@@ -146,7 +144,6 @@ TINY_PIXEL = Preset(
         "steps_offset": 1,
         "prediction_type": "v_prediction",
     },
-    controlnet_conditioning_channels=(16, 32),
 )
 
 SD15_SHAPE = Preset(
@@ -178,7 +175,6 @@ SD15_SHAPE = Preset(
     text_encoder=_text_encoder(
         hidden=768, layers=12, heads=12, intermediate=3072, vocab_size=49408, projection_dim=768
     ),
-    controlnet_conditioning_channels=(16, 32, 96, 256),
 )
 
 # A LoRA on the attention projections only cannot move a randomly initialised UNet
@@ -200,6 +196,14 @@ FROM_SCRATCH_LORA_TARGETS: tuple[str, ...] = (
     "conv_out",
     "time_emb_proj",
 )
+
+ATTENTION_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+# Named target sets for ``label_lora.target_modules``: the attention projections for real SD
+# weights (the research's LoRA), every projection and convolution for a from-scratch base.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "attention": ATTENTION_LORA_TARGETS,
+    "from-scratch": FROM_SCRATCH_LORA_TARGETS,
+}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, TINY_PIXEL, SD15_SHAPE)}
 

@@ -34,7 +34,7 @@ from pipeline_lib.store.verify import (
 def __getattr__(name: str):
     # The torch Dataset loads lazily: writing a store must not import torch.
     if name == "StoreDataset":
-        from pipeline_lib.store.dataset import StoreDataset
+        from pipeline_lib.store.torch_dataset import StoreDataset
 
         return StoreDataset
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,8 +29,8 @@ from pipeline_lib.models.checkpoint import (
     sd_scale_factor,
 )
 from pipeline_lib.models.label_condition import condition_channels, label_condition
-from pipeline_lib.train.datasets import Batch
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
+from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (
     TrainJob,
     TrainSummary,

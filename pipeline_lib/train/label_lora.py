@@ -17,8 +17,8 @@ from peft.utils import get_peft_model_state_dict
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.models.checkpoint import ensure_base_models, load_sd_components, model_hash
-from pipeline_lib.train.datasets import Batch
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
+from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (
     TrainJob,
     TrainSummary,
@@ -44,7 +44,7 @@ def add_label_lora(unet: torch.nn.Module, cfg: FactoryConfig) -> None:
             r=lora.rank,
             lora_alpha=lora.alpha,
             init_lora_weights="gaussian",
-            target_modules=list(lora.target_modules),
+            target_modules=lora.modules,
         ),
         adapter_name=ADAPTER,
     )

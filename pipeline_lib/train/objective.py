@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler
 from pipeline_lib.config import FactoryConfig, TrainConfig
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.models.checkpoint import SDComponents
-from pipeline_lib.train.datasets import Batch, PairSampler
+from pipeline_lib.train.pair_sampler import Batch, PairSampler
 
 
 def training_prompt(cfg: FactoryConfig) -> str:

@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from pipeline_lib.config import FactoryConfig, TrainConfig
 from pipeline_lib.errors import CheckpointError, ConfigError, TrainingDivergedError
+from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.checkpoint import model_hash
-from pipeline_lib.train.datasets import Batch
+from pipeline_lib.train.pair_sampler import Batch
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,6 @@ class TrainJob:
     config_hash: str
     base_model_hash: str
     output: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def make_accelerator(cfg: FactoryConfig, train: TrainConfig) -> Accelerator:
@@ -141,7 +141,7 @@ def train_section_hash(train: TrainConfig, *extra: Any) -> str:
         "grad_accum",
     }
     section = train.model_dump(mode="json", exclude=unused)
-    section["effective_batch"] = train.batch_size * train.grad_accum
+    section["effective_batch"] = effective_batch(train)
     return config_hash(section, *extra)
 
 

@@ -25,7 +25,7 @@ from pipeline_lib.config import FactoryConfig, TrainConfig, VaeConfig
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.models.checkpoint import ensure_base_models, model_hash
 from pipeline_lib.models.presets import get_preset
-from pipeline_lib.train.datasets import Batch, PairSampler
+from pipeline_lib.train.pair_sampler import Batch, PairSampler
 from pipeline_lib.train.resumable import (
     SUMMARY,
     TrainJob,

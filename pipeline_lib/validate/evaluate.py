@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline_lib.config import ValidationConfig
 from pipeline_lib.errors import CheckpointError
-from pipeline_lib.validate import datasets, runner
+from pipeline_lib.validate import mmseg_data, runner
 from pipeline_lib.validate.mask2former_configs import model_config
 from pipeline_lib.validate.mmcv_compat import ensure_mmseg, trust_checkpoint_dir
 
@@ -47,7 +47,7 @@ def score_checkpoint(
 ) -> runner.EvalScores:
     """IoU of the checkpoint's model on the Val split of the LoveDA-layout ``eval_root``."""
     model = load_segmenter(cfg, checkpoint)
-    prepared = datasets.prepare_split(Path(eval_root), datasets.VAL, Path(cache_dir))
+    prepared = mmseg_data.prepare_split(Path(eval_root), mmseg_data.VAL, Path(cache_dir))
     return runner.evaluate(
         model,
         prepared,

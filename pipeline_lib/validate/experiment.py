@@ -19,7 +19,7 @@ from pipeline_lib.errors import DataError
 from pipeline_lib.report.bar_chart import write_iou_bars
 from pipeline_lib.report.iou_table import write_json, write_markdown
 from pipeline_lib.report.results import ValidationReport, ValidationResult
-from pipeline_lib.validate import datasets
+from pipeline_lib.validate import mmseg_data
 from pipeline_lib.validate.metrics import mean_iou, pixel_accuracy
 from pipeline_lib.validate.steps import REPORT_FILE
 
@@ -52,8 +52,8 @@ def run_data_name(
         raise DataError(f"data {name!r} has no source folder; give at least one LoveDA folder")
     work_dir = Path(work_dir)
     cache = work_dir / "data-cache"
-    train_roots = [datasets.prepare_split(Path(s), datasets.TRAIN, cache) for s in sources]
-    eval_mmseg = datasets.prepare_split(Path(eval_root), datasets.VAL, cache)
+    train_roots = [mmseg_data.prepare_split(Path(s), mmseg_data.TRAIN, cache) for s in sources]
+    eval_mmseg = mmseg_data.prepare_split(Path(eval_root), mmseg_data.VAL, cache)
     run_dir = work_dir / f"{slug(name)}-{training_key(sources, cfg)}"
     config = runner.runner_config(train_roots, eval_mmseg, cfg, run_dir, progress)
     log.info(
@@ -84,10 +84,10 @@ def run_data_name(
         data_name=name,
         model=cfg.model,
         iters=int(mm_runner.iter),
-        train_samples=sum(datasets.labelled_count(Path(s), datasets.TRAIN) for s in sources),
+        train_samples=sum(mmseg_data.labelled_count(Path(s), mmseg_data.TRAIN) for s in sources),
         eval_samples=scores.samples,
         eval_root=str(Path(eval_root).resolve()),
-        eval_split=datasets.VAL,
+        eval_split=mmseg_data.VAL,
         iou=runner.iou_by_class(scores.iou),
         miou=mean_iou(scores.iou),
         pixel_accuracy=pixel_accuracy(scores.confusion),
@@ -105,7 +105,7 @@ def run_data_name(
         name,
         result.miou,
         eval_root,
-        datasets.VAL,
+        mmseg_data.VAL,
         result.eval_samples,
     )
     return result
@@ -141,7 +141,7 @@ def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
         mode="json",
     )
     parts = [json.dumps(fields, sort_keys=True)]
-    parts += [datasets.fingerprint(Path(s), datasets.TRAIN) for s in sources]
+    parts += [mmseg_data.split_fingerprint(Path(s), mmseg_data.TRAIN) for s in sources]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:10]
 
 

@@ -13,11 +13,12 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from pipeline_lib.choices import SEGMENTERS
 from pipeline_lib.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from pipeline_lib.errors import CheckpointError, ConfigError
 from pipeline_lib.validate.mmcv_compat import ensure_mmseg
 
-PRESETS = ("mask2former-cpu", "mask2former-r50", "mask2former-swin-t")
+PRESETS = SEGMENTERS
 _MMSEG_FILES = {
     "mask2former-r50": "mask2former_r50_8xb2-160k_ade20k-512x512.py",
     "mask2former-swin-t": "mask2former_swin-t_8xb2-160k_ade20k-512x512.py",

@@ -23,7 +23,7 @@ DATASET_TYPE = "LoveDADataset"
 TRAIN, VAL = "Train", "Val"
 
 
-def fingerprint(root: Path, split: str) -> str:
+def split_fingerprint(root: Path, split: str) -> str:
     """Short hash of a split's file names, sizes and mtimes: changes when the data does."""
     digest = hashlib.sha256(str(Path(root).resolve()).encode())
     for tile in list_tiles(root, [split]):
@@ -48,7 +48,7 @@ def prepare_split(root: Path, split: str, cache_dir: Path) -> Path:
             f"{root}: no labelled tiles in {split}; expected {split}/{{Urban,Rural}}/"
             "{images_png,masks_png}/<id>.png (LoveDA release layout)"
         )
-    out = Path(cache_dir) / f"{root.name}-{split.lower()}-{fingerprint(root, split)}"
+    out = Path(cache_dir) / f"{root.name}-{split.lower()}-{split_fingerprint(root, split)}"
     if not out.is_dir():
         log.info("exporting %s/%s to mmseg layout at %s", root, split, out)
         export_mmseg(root, out, splits={split: split.lower()})

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline_lib.config import ValidationConfig
 from pipeline_lib.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from pipeline_lib.validate import datasets, metrics
+from pipeline_lib.validate import metrics, mmseg_data
 from pipeline_lib.validate.mask2former_configs import model_config, optim_config
 from pipeline_lib.validate.mmcv_compat import ensure_mmseg, trust_checkpoint_dir
 
@@ -51,7 +51,7 @@ def runner_config(
         default_scope="mmseg",
         work_dir=str(work_dir),
         model=model_config(cfg.model, cfg.crop_size, cfg.pretrained_backbone, cfg.class_weights),
-        train_dataloader=datasets.train_dataloader(
+        train_dataloader=mmseg_data.train_dataloader(
             train_roots, cfg.crop_size, cfg.batch_size, cfg.scale_factors
         ),
         optim_wrapper=optim_config(cfg.model, cfg.lr, pretrained),
@@ -87,7 +87,7 @@ def runner_config(
     if cfg.val_interval < cfg.iters:
         # Monitoring only; the scores that count come from evaluate() after training.
         config.update(
-            val_dataloader=datasets.eval_dataloader(
+            val_dataloader=mmseg_data.eval_dataloader(
                 eval_root, cfg.crop_size, native_scale=cfg.scale_factors is not None
             ),
             val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]),
@@ -177,7 +177,7 @@ def evaluate(
     init_default_scope("mmseg")
 
     loader = Runner.build_dataloader(
-        datasets.eval_dataloader(eval_root, crop_size, tta, native_scale)
+        mmseg_data.eval_dataloader(eval_root, crop_size, tta, native_scale)
     )
     predictor = model
     if tta:

@@ -6,13 +6,13 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from pipeline_lib.choices import DATA_LABELS
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 # The data choices (config validation.data, lfactory validate --data) and their row names.
-DATA_LABELS = {"gen": "Gen.", "ori": "Ori.", "both": "Gen.+Ori."}
 
 
 def export_generated(cfg: FactoryConfig, samples: int | None = None) -> Path:

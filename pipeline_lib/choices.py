@@ -1,0 +1,16 @@
+"""The one source of the factory's choice lists: the config's Literals and the registries
+that implement them are both built from these names (a light module: no heavy imports)."""
+
+from __future__ import annotations
+
+# validation.data: which folders a segmenter trains on, and the report's row names.
+DATA_LABELS: dict[str, str] = {"gen": "Gen.", "ori": "Ori.", "both": "Gen.+Ori."}
+# generation.scheduler: diffusers scheduler class of each name.
+SCHEDULER_CLASSES: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+}
+# validation.model: Mask2Former presets (pipeline_lib.validate.mask2former_configs).
+SEGMENTERS: tuple[str, ...] = ("mask2former-cpu", "mask2former-r50", "mask2former-swin-t")
