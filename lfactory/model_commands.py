@@ -29,7 +29,8 @@ def init(
     force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
 ) -> None:
     """Build SD components (UNet, VAE, CLIP, tokenizer, scheduler, ControlNet) from a preset."""
-    from pipeline_lib.models.checkpoint import init_models, model_hash
+    from pipeline_lib.models.build import init_models
+    from pipeline_lib.models.model_hash import model_hash
 
     path = init_models(out, preset, seed=seed, overwrite=force)
     typer.echo(f"wrote {path} ({preset}, seed {seed}), hash {model_hash(path)}")

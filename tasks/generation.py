@@ -12,7 +12,7 @@ from prefect.context import TaskRunContext
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.generate.sampler import Generator, controlnet_dir
 from pipeline_lib.generate.shards import commit_staged, stage_generated_shard
-from pipeline_lib.models.checkpoint import model_hash
+from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.store.shard_writer import ShardResult, StagedShard
 from tasks.options import GPU_TAG, digest, halve_on_oom
 

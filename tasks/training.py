@@ -11,7 +11,7 @@ from prefect.context import TaskRunContext
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.data.loveda import fingerprint
 from pipeline_lib.micro_batches import exact_splits, split_batch
-from pipeline_lib.models.checkpoint import model_hash
+from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.train import (
     TrainSummary,
     train_base,

@@ -50,7 +50,7 @@ def test_sample_seeds_and_ids_depend_only_on_run_shard_and_attempt():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from pipeline_lib.models.checkpoint import init_models
+    from pipeline_lib.models.build import init_models
 
     root = tmp_path_factory.mktemp("models")
     return init_models(root / "sd", "tiny")

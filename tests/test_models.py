@@ -22,14 +22,10 @@ from typer.testing import CliRunner
 from lfactory.model_commands import register
 from pipeline_lib.config import DEFAULT_PROMPT
 from pipeline_lib.errors import CheckpointError, ConfigError
-from pipeline_lib.models.checkpoint import (
-    check_controlnet_dir,
-    check_sd_dir,
-    init_models,
-    load_sd_components,
-    model_hash,
-)
+from pipeline_lib.models.build import init_models
+from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.presets import SD15_SHAPE, TINY, get_preset
+from pipeline_lib.models.sd_folder import check_controlnet_dir, check_sd_dir, load_sd_components
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -99,7 +99,7 @@ def test_prepare_data_task_synthesises_and_checks(tmp_path):
 def test_generate_then_commit_tasks_publish_a_shard(tmp_path):
     from prefect.logging import disable_run_logger
 
-    from pipeline_lib.models.checkpoint import init_models
+    from pipeline_lib.models.build import init_models
     from pipeline_lib.store.store import committed_count
     from pipeline_lib.store.verify import verify_store
     from tasks.generation import commit_shard_task, generate_shard_task

@@ -32,7 +32,7 @@ def _config(tmp_path, root, **sections):
 
 
 def test_pixel_codec_returns_every_label_pixel(tmp_path):
-    from pipeline_lib.models.checkpoint import build_components
+    from pipeline_lib.models.build import build_components
 
     root = tmp_path / "synth"
     make_synthetic_loveda(root, tiles=2, size=64, seed=3)
@@ -52,7 +52,7 @@ def test_pixel_codec_returns_every_label_pixel(tmp_path):
 
 @pytest.mark.slow
 def test_base_stage_learns_and_installs_into_the_base(tmp_path, one_torch_thread):
-    from pipeline_lib.models.checkpoint import model_hash
+    from pipeline_lib.models.model_hash import model_hash
     from pipeline_lib.train import train_base
     from pipeline_lib.train.base import RECORD
 

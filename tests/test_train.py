@@ -17,7 +17,8 @@ from lfactory.model_commands import register
 from pipeline_lib.config import config_from_dict
 from pipeline_lib.data.loveda import write_tile
 from pipeline_lib.errors import CheckpointError, DataError
-from pipeline_lib.models.checkpoint import init_models, model_hash
+from pipeline_lib.models.build import init_models
+from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.presets import FROM_SCRATCH_LORA_TARGETS
 from pipeline_lib.train import train_controlnet, train_label_lora
 from pipeline_lib.train.resumable import latest_checkpoint

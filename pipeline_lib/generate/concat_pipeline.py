@@ -13,8 +13,8 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from pipeline_lib.models.checkpoint import sd_scale_factor
 from pipeline_lib.models.label_condition import condition_channels, label_condition
+from pipeline_lib.models.sd_folder import sd_scale_factor
 
 
 class LabelConcatPipeline(DiffusionPipeline):

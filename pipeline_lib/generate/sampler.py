@@ -31,12 +31,8 @@ from pipeline_lib.errors import CheckpointError
 from pipeline_lib.generate.concat_pipeline import LabelConcatPipeline
 from pipeline_lib.generate.qa import LabelQA, score_label
 from pipeline_lib.generate.seeds import image_seed, pick_style, sample_id, sample_seed
-from pipeline_lib.models.checkpoint import (
-    CONTROLNET_SUBDIR,
-    load_controlnet,
-    load_sd_components,
-    model_hash,
-)
+from pipeline_lib.models.model_hash import model_hash
+from pipeline_lib.models.sd_folder import CONTROLNET_SUBDIR, load_controlnet, load_sd_components
 from pipeline_lib.store.shard_writer import ShardData
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ import torch
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.errors import CheckpointError
-from pipeline_lib.models.checkpoint import ensure_base_models, load_sd_components
+from pipeline_lib.models.build import ensure_base_models
+from pipeline_lib.models.sd_folder import load_sd_components
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (

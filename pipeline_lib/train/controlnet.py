@@ -19,16 +19,15 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.models.checkpoint import (
+from pipeline_lib.models.build import controlnet_from_unet, ensure_base_models
+from pipeline_lib.models.label_condition import condition_channels, label_condition
+from pipeline_lib.models.model_hash import model_hash
+from pipeline_lib.models.sd_folder import (
     CONTROLNET_SUBDIR,
-    controlnet_from_unet,
-    ensure_base_models,
     load_controlnet,
     load_sd_components,
-    model_hash,
     sd_scale_factor,
 )
-from pipeline_lib.models.label_condition import condition_channels, label_condition
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (

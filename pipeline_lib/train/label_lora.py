@@ -16,7 +16,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.models.checkpoint import ensure_base_models, load_sd_components, model_hash
+from pipeline_lib.models.build import ensure_base_models
+from pipeline_lib.models.model_hash import model_hash
+from pipeline_lib.models.sd_folder import load_sd_components
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (

@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler
 
 from pipeline_lib.config import FactoryConfig, TrainConfig
 from pipeline_lib.errors import CheckpointError
-from pipeline_lib.models.checkpoint import SDComponents
+from pipeline_lib.models.sd_folder import SDComponents
 from pipeline_lib.train.pair_sampler import Batch, PairSampler
 
 

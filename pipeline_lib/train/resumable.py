@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from pipeline_lib.config import FactoryConfig, TrainConfig
 from pipeline_lib.errors import CheckpointError, ConfigError, TrainingDivergedError
 from pipeline_lib.micro_batches import effective_batch
-from pipeline_lib.models.checkpoint import model_hash
+from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.train.pair_sampler import Batch
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 
 from pipeline_lib.config import FactoryConfig, TrainConfig, VaeConfig
 from pipeline_lib.errors import CheckpointError
-from pipeline_lib.models.checkpoint import ensure_base_models, model_hash
+from pipeline_lib.models.build import ensure_base_models
+from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.presets import get_preset
 from pipeline_lib.train.pair_sampler import Batch, PairSampler
 from pipeline_lib.train.resumable import (
