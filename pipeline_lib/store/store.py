@@ -1,6 +1,8 @@
 """The sample store: a Zarr v3 group with ``images`` (N,H,W,3) and ``labels`` (N,H,W) uint8.
 
-One chunk per sample, ``shard_size`` samples per zarr shard file, zstd with checksums.
+One chunk per sample, ``shard_size`` samples per zarr shard file. Lossless: images through a
+lossless image codec (WebP lossless by default, see ``codecs.py``) with a crc32c checksum,
+labels through zstd with its checksum (exact, and readable by any Zarr v3 implementation).
 Shard k owns rows ``[k*S, (k+1)*S)``, so different shards never share a file and any
 worker can write any shard. Which rows hold committed samples is known only from the
 manifests: array rows beyond them read as zeros, never as an error.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
-from zarr.codecs import ZstdCodec
 
 from pipeline_lib.errors import IntegrityError, ShardNotFoundError, StoreError
+from pipeline_lib.store.codecs import DEFAULT_IMAGE_CODEC, image_codecs, label_codecs
 from pipeline_lib.store.manifest import (
     SCHEMA_VERSION,
     committed_shard_ids,
@@ -29,6 +32,7 @@ from pipeline_lib.store.manifest import (
     read_manifests,
     sha256,
 )
+from pipeline_lib.store.shard_reader import ShardReader
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +85,42 @@ class SampleStore:
                 "the store's metadata is damaged (restore zarr.json from a backup)"
             )
         self.shard_size, self.height, self.width = (attrs[k] for k in STORE_ATTRS)
+        # Read handles, opened once per process and reopened only when the arrays' metadata
+        # changed (a resize rewrites zarr.json): (pid, metadata stamp, arrays, readers).
+        self._opened: tuple | None = None
+
+    def _metadata_stamp(self) -> tuple:
+        stamps = []
+        for name in ("images", "labels"):
+            try:
+                stat = os.stat(self.path / name / "zarr.json")
+            except FileNotFoundError:
+                return ()
+            stamps.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        return tuple(stamps)
+
+    def _open_for_reading(self) -> tuple:
+        stamp = self._metadata_stamp()
+        opened = self._opened
+        if opened is None or opened[0] != os.getpid() or opened[1] != stamp or not stamp:
+            arrays = self._open_arrays("r")
+            readers = tuple(
+                ShardReader.for_array(self.path / name, array)
+                for name, array in zip(("images", "labels"), arrays, strict=True)
+            )
+            opened = self._opened = (os.getpid(), stamp, arrays, readers)
+        return opened
 
     def arrays(self, mode: str = "r") -> tuple[zarr.Array, zarr.Array]:
-        """Freshly opened ``(images, labels)``; reopen after a resize to see the new shape."""
+        """``(images, labels)``; read-only handles are kept and reopened after the store grew.
+
+        ``mode="r+"`` (writers) always opens afresh.
+        """
+        if mode == "r":
+            return self._open_for_reading()[2]
+        return self._open_arrays(mode)
+
+    def _open_arrays(self, mode: str) -> tuple[zarr.Array, zarr.Array]:
         group = zarr.open_group(self.path, mode=mode)
         arrays = []
         for name in ("images", "labels"):
@@ -110,15 +147,29 @@ class SampleStore:
         return read_manifests(self.path)
 
     def read_rows(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels at array rows ``indices`` (committed or not: check first)."""
-        images, labels = self.arrays()
-        idx = np.asarray(indices, dtype=np.int64)
+        """Images and labels at array rows ``indices`` (committed or not: check first).
+
+        Few rows are read chunk by chunk from the shard files; many rows (at least a shard's
+        worth) in one batched zarr selection, which decodes chunks concurrently.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        _, _, (images, labels), readers = self._open_for_reading()
+        if idx.size and idx.max() >= images.shape[0]:  # the store may have grown since
+            self._opened = None
+            _, _, (images, labels), readers = self._open_for_reading()
         try:
+            if idx.size < self.shard_size and None not in readers and idx.size:
+                if idx.min() < 0 or idx.max() >= images.shape[0]:
+                    raise IndexError(f"rows outside 0..{images.shape[0] - 1}")
+                return (
+                    np.stack([readers[0].read(int(i)) for i in idx]),
+                    np.stack([readers[1].read(int(i)) for i in idx]),
+                )
             return (
                 images.get_orthogonal_selection((idx,)),
                 labels.get_orthogonal_selection((idx,)),
             )
-        except Exception as error:  # zstd checksum failures surface as codec errors
+        except Exception as error:  # checksum failures surface as codec errors
             raise IntegrityError(
                 f"{self.path}: rows {idx.min()}..{idx.max()} are unreadable "
                 f"({type(error).__name__}: {error}); `lfactory store verify` names the samples"
@@ -154,13 +205,24 @@ class SampleStore:
 
 
 def create_or_open_store(
-    path: str | Path, *, shard_size: int, height: int, width: int, compression_level: int = 3
+    path: str | Path,
+    *,
+    shard_size: int,
+    height: int,
+    width: int,
+    compression_level: int = 3,
+    image_codec: str = DEFAULT_IMAGE_CODEC,
 ) -> SampleStore:
-    """Open the store at ``path``, creating it if absent; its geometry must match."""
+    """Open the store at ``path``, creating it if absent; its geometry must match.
+
+    ``compression_level`` is zstd's (labels, and images with ``image_codec="zstd"``);
+    ``image_codec`` names a lossless image codec of ``codecs.IMAGE_CODECS``. Both apply only
+    when the store is created: an existing store keeps the codecs it was written with.
+    """
     path = Path(path)
     with store_lock(path):
         if not (path / "zarr.json").is_file():
-            _create(path, shard_size, height, width, compression_level)
+            _create(path, shard_size, height, width, compression_level, image_codec)
             log.info("created store %s (shard_size %d, %dx%d)", path, shard_size, height, width)
     store = SampleStore(path)
     wanted = (shard_size, height, width)
@@ -173,7 +235,11 @@ def create_or_open_store(
     return store
 
 
-def _create(path: Path, shard_size: int, height: int, width: int, level: int) -> None:
+def _create(
+    path: Path, shard_size: int, height: int, width: int, level: int, image_codec: str
+) -> None:
+    # Resolved first: an unknown codec name then leaves no half-created store behind.
+    codecs = {"images": image_codecs(image_codec, level), "labels": label_codecs(level)}
     group = zarr.open_group(
         path,
         mode="w",
@@ -186,8 +252,8 @@ def _create(path: Path, shard_size: int, height: int, width: int, level: int) ->
         },
     )
     rows = INITIAL_SHARDS * shard_size
-    # checksum=True: a flipped byte then fails the read instead of returning wrong pixels.
-    codec = ZstdCodec(level=level, checksum=True)
+    # Every chain ends in a checksum: a flipped byte fails the read instead of returning
+    # wrong pixels.
     for name, sample in (("images", (height, width, 3)), ("labels", (height, width))):
         group.create_array(
             name,
@@ -195,7 +261,7 @@ def _create(path: Path, shard_size: int, height: int, width: int, level: int) ->
             dtype="uint8",
             chunks=(1, *sample),
             shards=(shard_size, *sample),
-            compressors=codec,
+            **codecs[name],
             fill_value=0,
             dimension_names=("sample", "y", "x", "band")[: 1 + len(sample)],
         )

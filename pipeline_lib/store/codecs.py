@@ -1,0 +1,105 @@
+"""The store's array codecs: lossless image codecs from imagecodecs as zarr v3 serializers.
+
+imagecodecs' image codecs are numcodecs codecs, not zarr v3 ones, and they turn an array into
+bytes, so in zarr v3 they go in ``serializer=`` (not ``compressors=``). Each class here wraps
+one through zarr's numcodecs adapter, so ``zarr.json`` names it ``numcodecs.imagecodecs_<id>``
+with the numcodecs configuration. A reader needs ``imagecodecs`` installed and the name
+registered: importing this module (or ``pipeline_lib.store``) does it, and the package's
+``zarr.codecs`` entry points make plain ``zarr.open_group`` do it by itself.
+
+Labels keep zarr's own ``zstd`` codec (in the v3 specification, readable by any Zarr
+implementation); only images need imagecodecs. Every codec here is lossless.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import imagecodecs.numcodecs
+import numcodecs
+import numpy as np
+from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs.numcodecs._codecs import _NumcodecsArrayBytesCodec
+from zarr.errors import ZarrUserWarning
+from zarr.registry import register_codec
+
+from pipeline_lib.errors import ConfigError
+
+
+class _ImageSerializer(_NumcodecsArrayBytesCodec):
+    """An imagecodecs numcodecs codec as a zarr v3 array-to-bytes codec of one-sample chunks."""
+
+    def __init__(self, **codec_config: Any) -> None:
+        # zarr warns on every construction (also on every open) that numcodecs codecs are
+        # outside the v3 specification; that is said once, in the module docstring.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ZarrUserWarning)
+            super().__init__(**codec_config)
+
+    async def _encode_single(self, chunk_data, chunk_spec):
+        # One chunk is one sample (1, H, W, 3): image codecs want (H, W, 3).
+        image = np.ascontiguousarray(chunk_data.as_ndarray_like()).reshape(chunk_spec.shape[1:])
+        return chunk_spec.prototype.buffer.from_bytes(self._codec.encode(image))
+
+
+class Jpegxl(_ImageSerializer, codec_name="imagecodecs_jpegxl"):
+    pass
+
+
+class Webp(_ImageSerializer, codec_name="imagecodecs_webp"):
+    pass
+
+
+class Htj2k(_ImageSerializer, codec_name="imagecodecs_htj2k"):
+    pass
+
+
+class Png(_ImageSerializer, codec_name="imagecodecs_png"):
+    pass
+
+
+class Qoi(_ImageSerializer, codec_name="imagecodecs_qoi"):
+    pass
+
+
+SERIALIZERS: dict[str, type[_ImageSerializer]] = {
+    "jpegxl": Jpegxl,
+    "webp": Webp,
+    "htj2k": Htj2k,
+    "png": Png,
+    "qoi": Qoi,
+}
+for _cls in SERIALIZERS.values():
+    numcodecs.register_codec(getattr(imagecodecs.numcodecs, _cls.__name__))
+    register_codec(_cls.codec_name, _cls)
+
+# Lossless settings of each image codec, chosen by bench/store_codecs.py (see the README).
+LOSSLESS: dict[str, dict[str, Any]] = {
+    "jpegxl": {"lossless": True, "effort": 1, "numthreads": 1},
+    "webp": {"lossless": True, "level": 0, "method": 0},
+    "htj2k": {"reversible": True},
+    "png": {"level": 1},
+    "qoi": {},
+}
+IMAGE_CODECS: tuple[str, ...] = ("webp", "jpegxl", "htj2k", "png", "qoi", "zstd")
+# The default, by the figures in the README's "Benchmarks".
+DEFAULT_IMAGE_CODEC = "webp"
+
+
+def image_codecs(name: str = DEFAULT_IMAGE_CODEC, level: int = 3) -> dict[str, Any]:
+    """``serializer`` and ``compressors`` for the images array (``level`` is zstd's).
+
+    An image codec is followed by crc32c, so a flipped byte fails the read as zstd's
+    checksum does for labels.
+    """
+    if name == "zstd":
+        return {"serializer": BytesCodec(), "compressors": ZstdCodec(level=level, checksum=True)}
+    if name not in SERIALIZERS:
+        raise ConfigError(f"unknown image codec {name!r}; choose one of {', '.join(IMAGE_CODECS)}")
+    return {"serializer": SERIALIZERS[name](**LOSSLESS[name]), "compressors": Crc32cCodec()}
+
+
+def label_codecs(level: int = 3) -> dict[str, Any]:
+    """``serializer`` and ``compressors`` for the labels array: spec zstd with a checksum."""
+    return {"serializer": BytesCodec(), "compressors": ZstdCodec(level=level, checksum=True)}

@@ -1,0 +1,147 @@
+"""The store's codecs: lossless for images and labels, readable by plain zarr; the read path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_fakes import fake_shard
+
+from pipeline_lib.data.loveda import read_image, read_mask
+from pipeline_lib.data.synth import synth_tile, tile_rng
+from pipeline_lib.errors import ConfigError, IntegrityError
+from pipeline_lib.store import SampleStore, ShardData, commit_shard, create_or_open_store
+from pipeline_lib.store.codecs import DEFAULT_IMAGE_CODEC, IMAGE_CODECS
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "loveda-real" / "Train" / "Rural"
+SIZE = 64
+
+
+def landscapes(n: int) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [
+        synth_tile(tile_rng(0, "Train", s, i), SIZE, s)
+        for i, s in enumerate(["Urban", "Rural"] * (n // 2))
+    ]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def real_crops(n: int) -> tuple[np.ndarray, np.ndarray]:
+    if not (REAL / "images_png" / "18.png").is_file():
+        pytest.skip(f"{REAL}: the genuine LoveDA tiles are absent (../shared not laid out)")
+    image, label = (
+        read_image(REAL / "images_png" / "18.png"),
+        read_mask(REAL / "masks_png" / "18.png"),
+    )
+    # Tile 18 has a no-data band (0): crops along the diagonal take it and real fields.
+    steps = range(0, n * 100, 100)
+    return (
+        np.stack([image[y : y + SIZE, y : y + SIZE] for y in steps]),
+        np.stack([label[y : y + SIZE, y : y + SIZE] for y in steps]),
+    )
+
+
+def commit(path: Path, images: np.ndarray, labels: np.ndarray, **kwargs) -> SampleStore:
+    store = create_or_open_store(path, shard_size=len(images), height=SIZE, width=SIZE, **kwargs)
+    rows = tuple({"sample_id": f"s{i}"} for i in range(len(images)))
+    commit_shard(store, ShardData(0, images, labels, rows))
+    return store
+
+
+@pytest.mark.parametrize("kind", ["landscapes", "real"])
+def test_default_codecs_give_images_and_labels_back_exactly(tmp_path, kind):
+    images, labels = landscapes(4) if kind == "landscapes" else real_crops(4)
+    store = commit(tmp_path / "s.zarr", images, labels)
+    got_images, got_labels = store.read_rows(range(4))
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    meta = json.loads((store.path / "images" / "zarr.json").read_text())
+    inner = [c["name"] for c in meta["codecs"][0]["configuration"]["codecs"]]
+    assert inner == [f"numcodecs.imagecodecs_{DEFAULT_IMAGE_CODEC}", "crc32c"]
+
+
+@pytest.mark.parametrize("codec", IMAGE_CODECS)
+def test_every_image_codec_is_lossless(tmp_path, codec):
+    images, labels = landscapes(2)
+    store = commit(tmp_path / "s.zarr", images, labels, image_codec=codec)
+    np.testing.assert_array_equal(store.read_rows([0, 1])[0], images)
+
+
+def test_labels_use_only_codecs_of_the_zarr_v3_specification(tmp_path):
+    store = commit(tmp_path / "s.zarr", *landscapes(2))
+    meta = json.loads((store.path / "labels" / "zarr.json").read_text())
+    sharding = meta["codecs"][0]
+    assert sharding["name"] == "sharding_indexed"
+    assert [c["name"] for c in sharding["configuration"]["codecs"]] == ["bytes", "zstd"]
+
+
+def test_a_store_opens_with_plain_zarr_in_a_fresh_process(tmp_path):
+    images, labels = landscapes(2)
+    store = commit(tmp_path / "s.zarr", images, labels)
+    np.save(tmp_path / "want.npy", images)
+    # Nothing of the factory is imported: zarr finds the image codec by its entry point.
+    script = (
+        "import sys, numpy as np, zarr\n"
+        "g = zarr.open_group(sys.argv[1], mode='r')\n"
+        "np.testing.assert_array_equal(g['images'][:2], np.load(sys.argv[2]))\n"
+        "print(int(g['labels'][:2].max()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(store.path), str(tmp_path / "want.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == int(labels.max())
+
+
+def test_an_unknown_image_codec_is_refused_and_creates_no_store(tmp_path):
+    with pytest.raises(ConfigError, match="unknown image codec 'gif'"):
+        create_or_open_store(
+            tmp_path / "s.zarr", shard_size=2, height=SIZE, width=SIZE, image_codec="gif"
+        )
+    assert not (tmp_path / "s.zarr" / "zarr.json").exists()
+
+
+def test_a_flipped_byte_in_an_image_fails_the_read(tmp_path):
+    store = commit(tmp_path / "s.zarr", *landscapes(2))
+    shard_file = store.path / "images" / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(shard_file.read_bytes())
+    data[100] ^= 0xFF
+    shard_file.write_bytes(bytes(data))
+    for rows in ([0], list(range(2))):  # one row (shard reader) and a batch (zarr)
+        with pytest.raises(IntegrityError, match="unreadable"):
+            SampleStore(store.path).read_rows(rows)
+
+
+def test_single_rows_and_batches_read_the_same_bytes(tmp_path):
+    store = create_or_open_store(tmp_path / "s.zarr", shard_size=4, height=16, width=16)
+    for k in (0, 2):
+        commit_shard(store, fake_shard(k, 3))
+    rows = [0, 1, 2, 3, 8, 9, 10, 11, 5]  # committed, padding and a never-written shard
+    batch = store.read_rows(rows)
+    singles = [store.read_rows([r]) for r in rows]
+    for got, want in zip(singles, zip(*batch, strict=True), strict=True):
+        np.testing.assert_array_equal(got[0][0], want[0])
+        np.testing.assert_array_equal(got[1][0], want[1])
+    assert not batch[0][3].any() and not batch[0][8].any()  # rows never written read as 0
+
+
+def test_an_open_reader_sees_rows_of_a_store_that_grew(tmp_path):
+    path = tmp_path / "s.zarr"
+    reader = create_or_open_store(path, shard_size=4, height=16, width=16)
+    commit_shard(reader, fake_shard(0, 3))
+    before = reader.arrays()[0]
+    assert reader.arrays()[0] is before  # kept open between reads
+    writer = SampleStore(path)  # another process's handle: grows the arrays past 4 shards
+    shard = fake_shard(9, 2)
+    commit_shard(writer, shard)
+    images, labels = reader.read_rows([36, 37])
+    np.testing.assert_array_equal(images, shard.images)
+    np.testing.assert_array_equal(labels, shard.labels)
+    assert reader.arrays()[0] is not before and reader.arrays()[0].shape[0] >= 40
