@@ -1,0 +1,117 @@
+"""Read single samples straight from the store's shard files, without zarr's async machinery.
+
+A random single-sample read through ``zarr.Array`` costs about 1 ms of event-loop and thread
+hand-offs (bench/store_codecs.py), more than decoding a 256 px label. The store's layout is
+fixed and simple: one shard file per shard holding one chunk per sample, and zarr's sharding
+index (offset, length as little-endian uint64, then crc32c) at the file's end. This reader
+reads that index once per shard file version (keyed on the file's inode, size and mtime, so a
+rewritten or new shard is seen), then ``pread``s one chunk and decodes it synchronously. An
+array whose codecs it does not know is left to zarr (``ShardReader.for_array`` returns None).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+
+from pipeline_lib.store.codecs import _ImageSerializer
+
+_EMPTY = 2**64 - 1
+Decode = Callable[[bytes], np.ndarray]
+
+
+def _check_crc32c(data: bytes, where: str) -> bytes:
+    body, stored = data[:-4], data[-4:]
+    if np.uint32(google_crc32c.value(body)).tobytes() != stored:
+        raise ValueError(f"{where}: crc32c checksum mismatch")
+    return body
+
+
+def _chunk_decoder(codecs: tuple, chunk_shape: tuple[int, ...], dtype: np.dtype) -> Decode | None:
+    """bytes -> array for the inner codec chains the store writes; None for any other."""
+    kinds = tuple(type(c) for c in codecs)
+    if kinds == (BytesCodec, ZstdCodec):
+        zstd = codecs[1]._zstd_codec  # numcodecs Zstd: verifies the frame checksum
+
+        def decode(data: bytes) -> np.ndarray:
+            return np.frombuffer(zstd.decode(data), dtype).reshape(chunk_shape)
+
+        return decode
+    if len(codecs) == 2 and isinstance(codecs[0], _ImageSerializer) and kinds[1] is Crc32cCodec:
+        image = codecs[0]._codec
+
+        def decode(data: bytes) -> np.ndarray:
+            return np.asarray(image.decode(_check_crc32c(data, "chunk"))).reshape(chunk_shape)
+
+        return decode
+    return None
+
+
+class ShardReader:
+    """Single rows of one store array, read from its shard files (one chunk per row)."""
+
+    def __init__(self, root: Path, array: zarr.Array, decode: Decode, sharding: ShardingCodec):
+        self.root = root
+        self.shard_rows = array.shards[0]
+        self.sample_shape = tuple(array.shape[1:])
+        self.dtype = np.dtype(array.dtype)
+        self.fill_value = array.fill_value
+        self._decode = decode
+        self._index_bytes = self.shard_rows * 16 + 4
+        self._tail = "/".join(["0"] * len(self.sample_shape))
+        self._indexes: dict[int, tuple[tuple[int, int, int], np.ndarray | None]] = {}
+
+    @classmethod
+    def for_array(cls, root: Path, array: zarr.Array) -> ShardReader | None:
+        """A reader for ``array`` at ``root``, or None where its layout is not the store's."""
+        codecs = array.metadata.codecs
+        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+            return None
+        sharding = codecs[0]
+        index_kinds = tuple(type(c) for c in sharding.index_codecs)
+        if (
+            sharding.index_location.value != "end"
+            or index_kinds != (BytesCodec, Crc32cCodec)
+            or tuple(sharding.chunk_shape) != (1, *array.shape[1:])
+            or array.metadata.chunk_key_encoding.to_dict()["configuration"]["separator"] != "/"
+        ):
+            return None
+        decode = _chunk_decoder(sharding.codecs, sharding.chunk_shape[1:], np.dtype(array.dtype))
+        return None if decode is None else cls(root, array, decode, sharding)
+
+    def _shard_path(self, shard: int) -> Path:
+        return self.root / "c" / f"{shard}/{self._tail}"
+
+    def _index(self, shard: int, fd: int, stat: os.stat_result) -> np.ndarray:
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = self._indexes.get(shard)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        raw = os.pread(fd, self._index_bytes, stat.st_size - self._index_bytes)
+        body = _check_crc32c(raw, f"{self._shard_path(shard)} shard index")
+        index = np.frombuffer(body, "<u8").reshape(self.shard_rows, 2)
+        self._indexes[shard] = (key, index)
+        return index
+
+    def read(self, row: int) -> np.ndarray:
+        """The sample at array row ``row``; the fill value where its shard or chunk is absent."""
+        shard, local = divmod(row, self.shard_rows)
+        path = self._shard_path(shard)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return np.full(self.sample_shape, self.fill_value, self.dtype)
+        try:
+            index = self._index(shard, fd, os.fstat(fd))
+            offset, length = (int(v) for v in index[local])
+            if offset == _EMPTY:
+                return np.full(self.sample_shape, self.fill_value, self.dtype)
+            return self._decode(os.pread(fd, length, offset))
+        finally:
+            os.close(fd)
