@@ -26,6 +26,8 @@ from pipeline_lib.validate.steps import REPORT_FILE
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+# The ValidationConfig a run dir's model was trained with: enough to rebuild it for scoring.
+VALIDATION_FILE = "validation.json"
 
 
 def slug(name: str) -> str:
@@ -44,7 +46,7 @@ def run_data_name(
     """Train one model on the Train splits of ``sources`` and score it on ``eval_root``'s Val.
 
     Resumes from the latest checkpoint under ``work_dir/<slug>-<training_key>``, where it
-    also writes result.json.
+    also writes result.json and validation.json (the config, to rebuild the model later).
     """
     from pipeline_lib.validate import runner
 
@@ -100,6 +102,7 @@ def run_data_name(
         seed=cfg.seed,
     )
     (run_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2))
+    (run_dir / VALIDATION_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     log.info(
         "%s: mIoU %.4f on %s/%s (%d tiles)",
         name,
