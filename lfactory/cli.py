@@ -15,6 +15,7 @@ import typer
 
 from lfactory import (
     data_commands,
+    evaluate_commands,
     factory_commands,
     model_commands,
     quality_commands,
@@ -37,6 +38,7 @@ for module in (
     model_commands,
     store_commands,
     validate_commands,
+    evaluate_commands,
     factory_commands,
     quality_commands,
 ):

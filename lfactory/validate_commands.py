@@ -18,6 +18,13 @@ def validate(
     iters: Annotated[
         int | None, typer.Option("--iters", min=1, help="training iterations (overrides config)")
     ] = None,
+    eval_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-root",
+            help="LoveDA-layout folder whose Val split is scored (overrides data.eval_root)",
+        ),
+    ] = None,
 ) -> None:
     """Train one model per data choice, evaluate on data.eval_root's Val, write the report.
 
@@ -28,13 +35,21 @@ def validate(
     from pipeline_lib.data.prepare import prepare_dataset
     from pipeline_lib.errors import ConfigError
     from pipeline_lib.validate import DATA_LABELS, run_validation, train_sources
+    from pipeline_lib.validate.evaluate import require_eval_split
     from pipeline_lib.validate.steps import step_dir
 
     options = (*DATA_LABELS, "all")
     if data not in options:
         raise ConfigError(f"--data {data!r} is unknown; choose one of {', '.join(options)}")
-    overrides = {"validation": {"iters": iters}} if iters is not None else None
+    overrides: dict = {}
+    if iters is not None:
+        overrides["validation"] = {"iters": iters}
+    if eval_root is not None:
+        overrides["data"] = {"eval_root": str(eval_root)}
     cfg = load_config(config, overrides)
+    if eval_root is not None:
+        # Before preparing data or training anything: a wrong folder fails in a second.
+        require_eval_split(cfg.data.eval_root)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     choices = list(DATA_LABELS) if data == "all" else [data]
     prepare_dataset(cfg.data, progress=True)

@@ -6,14 +6,26 @@ drawn from) and for validating trained segmenters on a user's own tiles.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from pipeline_lib.config import ValidationConfig
-from pipeline_lib.errors import CheckpointError
+from pipeline_lib.errors import CheckpointError, ConfigError, DataError
+from pipeline_lib.report.results import ValidationReport, ValidationResult
 from pipeline_lib.validate import mmseg_data, runner
+from pipeline_lib.validate.experiment import RESULT_FILE, VALIDATION_FILE, assemble_report, slug
 from pipeline_lib.validate.mask2former_configs import model_config
+from pipeline_lib.validate.metrics import mean_iou, pixel_accuracy
 from pipeline_lib.validate.mmcv_compat import ensure_mmseg, trust_checkpoint_dir
+from pipeline_lib.validate.steps import REPORT_FILE
+
+EVAL_DIR = "eval"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def load_segmenter(cfg: ValidationConfig, checkpoint: Path) -> Any:
@@ -44,9 +56,10 @@ def score_checkpoint(
     eval_root: Path,
     cache_dir: Path,
     progress: bool = True,
+    device: str = "cpu",
 ) -> runner.EvalScores:
     """IoU of the checkpoint's model on the Val split of the LoveDA-layout ``eval_root``."""
-    model = load_segmenter(cfg, checkpoint)
+    model = load_segmenter(cfg, checkpoint).to(device)
     prepared = mmseg_data.prepare_split(Path(eval_root), mmseg_data.VAL, Path(cache_dir))
     return runner.evaluate(
         model,
@@ -56,3 +69,132 @@ def score_checkpoint(
         progress,
         native_scale=cfg.scale_factors is not None,
     )
+
+
+def require_eval_split(root: str | Path) -> int:
+    """The labelled Val tiles of an evaluation folder; a DataError that says how to make one
+    when there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: evaluation folder does not exist")
+    count = mmseg_data.labelled_count(root, mmseg_data.VAL)
+    if count == 0:
+        raise DataError(
+            f"{root}: no labelled tiles in Val; an evaluation folder holds "
+            "Val/<scene>/{images_png,masks_png}/<id>.png (lfactory data tile ROOT OUT "
+            "--size S --val-tiles all makes one from any LoveDA-layout folder)"
+        )
+    return count
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedSegmenter:
+    """One row of a validation step: its scores there, its config and its weights."""
+
+    result: ValidationResult
+    cfg: ValidationConfig
+    checkpoint: Path
+
+
+def trained_segmenters(run_dir: str | Path) -> list[TrainedSegmenter]:
+    """The segmenters a finished validation step folder trained, in its report's row order.
+
+    The report is the step's record of completion; each row's folder must still hold
+    result.json, validation.json and the checkpoint (looked up inside the folder, so a run
+    folder that was moved still works).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(
+            f"{run_dir}: no such run folder; give a validation step folder such as "
+            "<validation.output>/all or <validation.output>/step-000384"
+        )
+    report_path = run_dir / REPORT_FILE
+    if not report_path.is_file():
+        raise DataError(
+            f"{run_dir}: no {REPORT_FILE}, so no finished validation here; give the step "
+            "folder of a validation or quality run that completed"
+        )
+    try:
+        rows = json.loads(report_path.read_text())["rows"]
+        folders = [run_dir / Path(row["work_dir"]).name for row in rows]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"{report_path}: not a validation report ({error!r})") from None
+    if not folders:
+        raise DataError(f"{report_path}: the report has no rows")
+    return [_trained_segmenter(folder) for folder in folders]
+
+
+def _trained_segmenter(folder: Path) -> TrainedSegmenter:
+    result_path, cfg_path = folder / RESULT_FILE, folder / VALIDATION_FILE
+    if not result_path.is_file():
+        raise DataError(f"{result_path}: missing; the run folder is incomplete")
+    if not cfg_path.is_file():
+        raise DataError(
+            f"{cfg_path}: missing; the model was trained before its config was recorded. "
+            "Rerun the validation that made it (it resumes the trained model, no training) "
+            "to write it"
+        )
+    try:
+        result = ValidationResult.from_json(json.loads(result_path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"{result_path}: not a validation result ({error!r})") from None
+    try:
+        cfg = ValidationConfig.model_validate(json.loads(cfg_path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as error:
+        raise ConfigError(f"{cfg_path}: not a validation config ({error})") from None
+    checkpoint = folder / Path(result.checkpoint).name if result.checkpoint else None
+    if checkpoint is None or not checkpoint.is_file():
+        raise CheckpointError(
+            f"{folder}: no checkpoint {result.checkpoint or '(none recorded)'}; "
+            "the run folder is incomplete"
+        )
+    return TrainedSegmenter(result, cfg, checkpoint)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    eval_root: str | Path,
+    name: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> ValidationReport:
+    """Score every segmenter of a validation step on the Val split of ``eval_root``, without
+    training, and write the report (report.json, report.md, iou_bars.png) under
+    ``run_dir/eval/<name>`` (``name``: the evaluation folder's name by default)."""
+    run_dir, eval_root = Path(run_dir), Path(eval_root).resolve()
+    require_eval_split(eval_root)
+    name = slug(eval_root.name) if name is None else name
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"evaluation name {name!r} must be one folder name (letters, digits, '.', '_', '-')"
+        )
+    trained = trained_segmenters(run_dir)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for segmenter in trained:
+        scores = score_checkpoint(
+            segmenter.cfg,
+            segmenter.checkpoint,
+            eval_root,
+            run_dir / "data-cache",
+            progress,
+            device,
+        )
+        rows.append(
+            dataclasses.replace(
+                segmenter.result,
+                eval_samples=scores.samples,
+                eval_root=str(eval_root),
+                eval_split=mmseg_data.VAL,
+                iou=runner.iou_by_class(scores.iou),
+                miou=mean_iou(scores.iou),
+                pixel_accuracy=pixel_accuracy(scores.confusion),
+                mmseg_miou=scores.mmseg_miou,
+                checkpoint=str(segmenter.checkpoint),
+            )
+        )
+    return assemble_report(rows, run_dir / EVAL_DIR / name)
