@@ -132,7 +132,7 @@ def tile(
         gap = f"; no {', '.join(missing)}" if missing else "; every class present"
         tiles = summary.tiles[split]
         typer.echo(f"  {split}: {count} crops from {len(tiles)} tiles{gap}")
-        if split == "Val":
+        if split == "Val" and "Train" in summary.tiles:  # with 'all', Val is every tile
             typer.echo(f"    Val tiles: {', '.join(tiles)}")
     typer.echo(f"  dropped {summary.dropped} crop(s) more than {max_no_data:g} no-data")
 
