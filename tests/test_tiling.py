@@ -188,3 +188,12 @@ def test_genuine_tiles_split_by_tile_with_every_class_on_both_sides(tmp_path: Pa
     # Tile 18's no-data band (rows 0..269 of 1024, so 0..134 at 512 px) drops its top row.
     tile_18 = [r for r in rows if r["source_id"] == "18"]
     assert summary.dropped == 4 and len(tile_18) == 12 and "0" not in {r["y"] for r in tile_18}
+
+
+def test_a_non_empty_output_folder_is_refused_and_kept(tmp_path: Path):
+    source = make_source(tmp_path / "src", tiles=2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="already exists and is not empty"):
+        tile_dataset(source, tmp_path / "out", 32, val_tiles=1)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]

@@ -253,7 +253,9 @@ def tile_dataset(
     before cutting.
     """
     _check_arguments(size, val_tiles, val_ids, resize, max_no_data)
-    root = Path(root)
+    root, out = Path(root), Path(out)
+    if out.exists() and any(out.iterdir()):  # staged_dir checks too, but after the reading
+        raise DataError(f"{out}: already exists and is not empty; choose a new folder")
     check_layout(root)
     tiles = [t for t in list_tiles(root) if t.mask_path is not None]
     if not tiles:
@@ -284,7 +286,7 @@ def tile_dataset(
         VAL: [p for p in plans if p.key in val_keys],
     }
     summary = TilingSummary(
-        out=Path(out),
+        out=out,
         crops={s: sum(len(p.crops) for p in side) for s, side in sides.items() if side},
         tiles={s: tuple(p.key for p in side) for s, side in sides.items() if side},
         dropped=dropped,
@@ -361,12 +363,3 @@ def _bar(items: list, progress: bool, desc: str) -> Iterable:
     from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="tile")
-
-
-def read_crops(out: str | Path) -> list[dict[str, str]]:
-    """The rows of a tiled set's ``crops.csv`` (one per crop, columns ``CROP_COLUMNS``)."""
-    path = Path(out) / CROPS_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: no crop record; was {out} made by lfactory data tile?")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
