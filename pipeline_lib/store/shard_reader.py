@@ -99,19 +99,25 @@ class ShardReader:
         self._indexes[shard] = (key, index)
         return index
 
-    def read(self, row: int) -> np.ndarray:
-        """The sample at array row ``row``; the fill value where its shard or chunk is absent."""
-        shard, local = divmod(row, self.shard_rows)
-        path = self._shard_path(shard)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return np.full(self.sample_shape, self.fill_value, self.dtype)
-        try:
-            index = self._index(shard, fd, os.fstat(fd))
-            offset, length = (int(v) for v in index[local])
-            if offset == _EMPTY:
-                return np.full(self.sample_shape, self.fill_value, self.dtype)
-            return self._decode(os.pread(fd, length, offset))
-        finally:
-            os.close(fd)
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The samples at array ``rows``; the fill value where a shard or chunk is absent.
+
+        Each shard file touched is opened once and its index read once, however many of its
+        rows are asked for.
+        """
+        out = np.full((len(rows), *self.sample_shape), self.fill_value, self.dtype)
+        shards, local = np.divmod(np.asarray(rows, dtype=np.int64), self.shard_rows)
+        for shard in np.unique(shards):
+            try:
+                fd = os.open(self._shard_path(int(shard)), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                index = self._index(int(shard), fd, os.fstat(fd))
+                for i in np.flatnonzero(shards == shard):
+                    offset, length = (int(v) for v in index[local[i]])
+                    if offset != _EMPTY:
+                        out[i] = self._decode(os.pread(fd, length, offset))
+            finally:
+                os.close(fd)
+        return out

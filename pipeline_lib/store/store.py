@@ -149,8 +149,9 @@ class SampleStore:
     def read_rows(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels at array rows ``indices`` (committed or not: check first).
 
-        Few rows are read chunk by chunk from the shard files; many rows (at least a shard's
-        worth) in one batched zarr selection, which decodes chunks concurrently.
+        Rows are read from the shard files, each file opened and its index read once per
+        call however many of its rows are asked for (zarr's own integer-array selection
+        decodes far more than it returns on sharded arrays).
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         _, _, (images, labels), readers = self._open_for_reading()
@@ -158,13 +159,10 @@ class SampleStore:
             self._opened = None
             _, _, (images, labels), readers = self._open_for_reading()
         try:
-            if idx.size < self.shard_size and None not in readers and idx.size:
-                if idx.min() < 0 or idx.max() >= images.shape[0]:
-                    raise IndexError(f"rows outside 0..{images.shape[0] - 1}")
-                return (
-                    np.stack([readers[0].read(int(i)) for i in idx]),
-                    np.stack([readers[1].read(int(i)) for i in idx]),
-                )
+            if idx.size and (idx.min() < 0 or idx.max() >= images.shape[0]):
+                raise IndexError(f"rows outside 0..{images.shape[0] - 1}")
+            if None not in readers:
+                return readers[0].read(idx), readers[1].read(idx)
             return (
                 images.get_orthogonal_selection((idx,)),
                 labels.get_orthogonal_selection((idx,)),
