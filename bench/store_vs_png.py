@@ -1,10 +1,13 @@
 """The factory's Zarr sample store against a plain folder of PNGs.
 
-Writes the same seeded samples three ways (the store through ``commit_shard``, PNGs through
+Writes the same samples three ways (the store through ``commit_shard``, PNGs through
 the factory's rasterio ``write_png``, PNGs through Pillow), then measures write throughput,
 random single-sample read throughput and bytes on disk, each side by side in one run.
 Store reads are timed twice: through ``SampleStore.read_rows`` and with the arrays kept
 open, as the training ``StoreDataset`` reads.
+
+Both kinds of samples are measured: synthetic landscapes (as ``lfactory data synth`` draws
+them) and crops of the genuine LoveDA tiles (where ``../shared/data/loveda-real`` is present).
 
     python -m bench.store_vs_png --samples 256 --size 256
 """
@@ -25,6 +28,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bench.common import format_table, median, positive_int, timed, write_json
+from bench.samples import KINDS, real_tiles, samples
 from pipeline_lib.data.loveda import read_image, read_mask, write_png
 from pipeline_lib.generate.seeds import sample_id
 from pipeline_lib.store import SampleStore, ShardData, commit_shard, create_or_open_store
@@ -191,9 +195,11 @@ def read_all(read: Reader, indices: np.ndarray) -> float:
     return timed(lambda: [read(int(i)) for i in indices])
 
 
-def measure(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, Any]]:
+def measure(
+    args: argparse.Namespace, workdir: Path, kind: str = "synth"
+) -> dict[str, dict[str, Any]]:
     """Write, read and size every backend, interleaved repeat by repeat."""
-    images, labels = make_samples(args.samples, args.size, args.seed)
+    images, labels = samples(kind, args.samples, args.size, args.seed)
     indices = np.random.default_rng(args.seed + 1).integers(0, args.samples, args.reads)
     writes: dict[str, list[float]] = {b.name: [] for b in BACKENDS}
     reads: dict[str, list[float]] = {b.name: [] for b in BACKENDS}
@@ -243,9 +249,10 @@ METRICS = (
 
 
 FOOTNOTE = (
-    "read_rows: SampleStore.read_rows([i]) per sample (it reopens the group each call); "
-    "open arrays: arrays opened once, as StoreDataset reads. PNG reads are the same in both "
-    "rows. Store writes include commit_shard's checksums, read-back and Parquet manifest."
+    "read_rows: SampleStore.read_rows([i]) per sample (the public reader, as StoreDataset "
+    "reads); open arrays: zarr.Array row indexing with the arrays opened once. PNG reads are "
+    "the same in both rows. Store writes include commit_shard's checksums, read-back, fsyncs "
+    "and Parquet manifest; the PNG folders are neither checksummed nor fsynced."
 )
 
 
@@ -282,21 +289,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure in a temporary folder, print the table, write the JSON; return the results."""
-    workdir = Path(tempfile.mkdtemp(prefix="lfactory-bench-store-"))
-    try:
-        results = measure(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    kinds = [k for k in KINDS if k != "real" or real_tiles()]
+    results = {}
+    for kind in kinds:
+        workdir = Path(tempfile.mkdtemp(prefix="lfactory-bench-store-"))
+        try:
+            results[kind] = measure(args, workdir, kind)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     parameters = {
         k: getattr(args, k) for k in ("samples", "size", "shard_size", "reads", "repeats", "seed")
     }
+    parameters["kinds"] = kinds
     parameters["raw_bytes"] = args.samples * args.size * args.size * 4
-    print(
-        f"store vs PNG folder: {args.samples} samples of {args.size}x{args.size} "
-        f"(raw {parameters['raw_bytes'] / 2**20:.1f} MiB), {args.reads} random reads, "
-        f"median of {args.repeats}"
-    )
-    print(table(results))
+    for kind in kinds:
+        print(
+            f"store vs PNG folder, {kind}: {args.samples} samples of {args.size}x{args.size} "
+            f"(raw {parameters['raw_bytes'] / 2**20:.1f} MiB), {args.reads} random reads, "
+            f"median of {args.repeats}"
+        )
+        print(table(results[kind]))
+        print()
     print(textwrap.fill(FOOTNOTE, width=100))
     path = write_json(NAME, parameters, results)
     print(f"wrote {path}")
