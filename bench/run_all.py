@@ -1,14 +1,21 @@
 """Run every benchmark in turn, printing each table and writing each JSON file.
 
+Then ``bench/results/summary.json`` gathers the headline ratios (> 1 is better for the
+store and generation ones; a share is extra time over the baseline, lower is better). A key
+whose benchmark did not run, or is not written yet, is null.
+
 python -m bench.run_all --samples 256 --size 256 --calls 100
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from bench import flow_overhead, store_vs_png
+from bench.common import RESULTS_DIR, machine
 
 BENCHMARKS = {"store_vs_png": store_vs_png, "flow_overhead": flow_overhead}
 
@@ -32,14 +39,56 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+SUMMARY_KEYS = (
+    "store_write_vs_png",
+    "store_read_vs_png",
+    "png_bytes_vs_store",
+    "generation_vs_naive",
+    "flow_overhead_share",
+    "cached_rerun_share",
+)
+
+
+def store_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The store's ratios against the faster PNG folder, worst data kind first (per kind too)."""
+    per_kind = {}
+    for kind, backends in results.items():
+        pngs = [v for k, v in backends.items() if k.startswith("png-")]
+        store = backends["store"]
+        per_kind[kind] = {
+            "store_write_vs_png": store["write_samples_per_s"]
+            / max(p["write_samples_per_s"] for p in pngs),
+            "store_read_vs_png": store["read_samples_per_s"]
+            / max(p["read_samples_per_s"] for p in pngs),
+            "png_bytes_vs_store": min(p["bytes_on_disk"] for p in pngs) / store["bytes_on_disk"],
+        }
+    worst = {k: min(v[k] for v in per_kind.values()) for k in next(iter(per_kind.values()))}
+    return {**worst, "store_by_kind": per_kind}
+
+
+def flow_summary(numbers: dict[str, Any]) -> dict[str, Any]:
+    """Per call: a cached task in a flow over the direct call, minus 1."""
+    return {"flow_overhead_share": numbers["cached_task_ms_ratio_median"] - 1}
+
+
+SUMMARISE = {"store_vs_png": store_summary, "flow_overhead": flow_summary}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    summary: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
     for name, module in BENCHMARKS.items():
         if args.only and name not in args.only:
             continue
         print(f"== {name}")
-        module.run(args)
+        summary.update(SUMMARISE[name](module.run(args)))
         print()
+    summary["machine"] = machine()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

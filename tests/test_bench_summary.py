@@ -1,0 +1,36 @@
+"""bench/run_all's summary: the store's ratios are taken against the faster PNG folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ sits beside the package, not in it: import it from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.run_all import SUMMARY_KEYS, store_summary  # noqa: E402
+
+
+def backend(write: float, read: float, size: int) -> dict:
+    return {"write_samples_per_s": write, "read_samples_per_s": read, "bytes_on_disk": size}
+
+
+def test_store_ratios_use_the_faster_png_folder_and_the_worst_data_kind():
+    results = {
+        "synth": {
+            "store": backend(300, 600, 90),
+            "png-rasterio": backend(100, 300, 100),
+            "png-pillow": backend(150, 200, 120),
+        },
+        "real": {
+            "store": backend(400, 500, 50),
+            "png-rasterio": backend(100, 100, 60),
+            "png-pillow": backend(100, 100, 80),
+        },
+    }
+    summary = store_summary(results)
+    assert summary["store_write_vs_png"] == 2.0  # synth: 300 / 150 (pillow writes faster)
+    assert summary["store_read_vs_png"] == 2.0  # synth: 600 / 300 (rasterio reads faster)
+    assert summary["png_bytes_vs_store"] == 100 / 90  # synth: the smaller PNG folder
+    assert summary["store_by_kind"]["real"]["store_write_vs_png"] == 4.0
+    assert set(SUMMARY_KEYS) >= {"store_write_vs_png", "generation_vs_naive", "cached_rerun_share"}
