@@ -92,6 +92,11 @@ class TrainConfig(Section):
 
 
 class LabelLoraConfig(TrainConfig):
+    method: Literal["lora", "full"] = Field(
+        "lora",
+        description="lora: a LoRA on the base UNet (the research's, for real SD); full: the "
+        "whole base UNet fine-tuned (a from-scratch tiny base learns labels faster that way)",
+    )
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
     target_modules: str | list[str] = Field(

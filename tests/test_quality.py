@@ -102,3 +102,28 @@ def test_concat_image_model_follows_its_label(tmp_path, one_torch_thread):
     against_flipped = _agreement(generator.sample_images(draws, flipped), np.stack(masks))
     assert followed > 0.8
     assert against_flipped < 0.2
+
+
+@pytest.mark.slow
+def test_a_fully_fine_tuned_label_model_is_what_the_generator_draws_with(
+    tmp_path, one_torch_thread
+):
+    from pipeline_lib.generate.sampler import NO_LORA, Generator
+    from pipeline_lib.models.model_hash import model_hash
+    from pipeline_lib.train import train_label_lora
+
+    root = tmp_path / "synth"
+    make_synthetic_loveda(root, tiles=2, size=64, seed=2)
+    cfg = _config(
+        tmp_path,
+        root,
+        label_lora={**TRAIN, "steps": 3, "checkpoint_every": 3, "method": "full"},
+        generation={"resolution": 32, "batch_size": 2, "label_steps": 2},
+    )
+    train_label_lora(cfg, progress=False)
+    generator = Generator(cfg)
+    assert generator.lora_hash == model_hash(cfg.label_lora.output) != NO_LORA
+    # The label UNet is the fine-tuned one; the base UNet stays the image pass's.
+    assert generator.label_pipe.unet is not generator.image_pipe.unet
+    drawn = generator.sample_labels([generator.draw(0, a) for a in range(2)])
+    assert len(drawn) == 2 and drawn[0][1].shape == (32, 32)

@@ -111,8 +111,15 @@ class Generator:
         )
         lora = Path(cfg.label_lora.output)
         self.lora_hash = NO_LORA
-        if (lora / LORA_WEIGHTS).is_file():
+        self.shares_lora = (lora / LORA_WEIGHTS).is_file()  # the image pass must disable it
+        if self.shares_lora:
             self.label_pipe.load_lora_weights(lora)
+            self.lora_hash = model_hash(lora)
+        elif (lora / "config.json").is_file():
+            # A fully fine-tuned label UNet: the image pass keeps the base's own.
+            self.label_pipe.unet = UNet2DConditionModel.from_pretrained(
+                lora, torch_dtype=self.dtype, local_files_only=True
+            )
             self.lora_hash = model_hash(lora)
         cn_dir = controlnet_dir(cfg)
         image_scheduler = scheduler_cls.from_config(parts.scheduler.config)
@@ -203,7 +210,7 @@ class Generator:
             return _to_uint8(out)
         control = np.stack([colourise(m) for m in masks]).astype(np.float32) / 255
         # The label LoRA was trained for label maps; the image pass uses the base UNet.
-        lora = self.lora_hash != NO_LORA
+        lora = self.shares_lora
         if lora:
             self.label_pipe.disable_lora()
         try:

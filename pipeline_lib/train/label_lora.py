@@ -62,10 +62,19 @@ def save_label_lora(unet: torch.nn.Module, output: Path) -> None:
     )
 
 
+def save_label_model(unet: torch.nn.Module, output: Path, full: bool) -> None:
+    """A fully fine-tuned label UNet in diffusers' layout, else the LoRA alone."""
+    if full:
+        unet.save_pretrained(output, safe_serialization=True)
+    else:
+        save_label_lora(unet, output)
+
+
 def train_label_lora(
     cfg: FactoryConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True
 ) -> TrainSummary:
-    """Train (or resume) the label LoRA into ``cfg.label_lora.output``."""
+    """Train (or resume) the label generator into ``cfg.label_lora.output``: a LoRA, or the
+    whole UNet with ``method: full``."""
     lora = cfg.label_lora
     base = ensure_base_models(cfg)
     accelerator = make_accelerator(cfg, lora)
@@ -73,9 +82,13 @@ def train_label_lora(
     sd = load_sd_components(base)
     for frozen in (sd.vae, sd.text_encoder):
         place(frozen.requires_grad_(False).eval(), accelerator.device, dtype)
-    add_label_lora(sd.unet, cfg)
-    place(sd.unet, accelerator.device, dtype)
-    cast_training_params(sd.unet, dtype=torch.float32)
+    full = lora.method == "full"
+    if full:
+        sd.unet.requires_grad_(True).to(accelerator.device)
+    else:
+        add_label_lora(sd.unet, cfg)
+        place(sd.unet, accelerator.device, dtype)
+        cast_training_params(sd.unet, dtype=torch.float32)
 
     loss = DiffusionLoss.for_training(cfg, lora, sd, accelerator.device, dtype, use_label=True)
 
@@ -89,7 +102,7 @@ def train_label_lora(
         model=sd.unet,
         batch=loss.batch,
         loss=step_loss,
-        save_final=lambda out: save_label_lora(accelerator.unwrap_model(job.model), out),
+        save_final=lambda out: save_label_model(accelerator.unwrap_model(job.model), out, full),
         samples_per_step=lora.batch_size * lora.grad_accum,
         config_hash=train_section_hash(lora, training_prompt(cfg)),
         base_model_hash=model_hash(base),
