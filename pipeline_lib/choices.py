@@ -14,3 +14,5 @@ SCHEDULER_CLASSES: dict[str, str] = {
 }
 # validation.model: Mask2Former presets (pipeline_lib.validate.mask2former_configs).
 SEGMENTERS: tuple[str, ...] = ("mask2former-cpu", "mask2former-r50", "mask2former-swin-t")
+# store.image_codec: lossless image serializers (pipeline_lib.store.codecs), the default first.
+IMAGE_CODECS: tuple[str, ...] = ("webp", "jpegxl", "htj2k", "png", "qoi", "zstd")

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline_lib.choices import DATA_LABELS, SCHEDULER_CLASSES, SEGMENTERS
+from pipeline_lib.choices import DATA_LABELS, IMAGE_CODECS, SCHEDULER_CLASSES, SEGMENTERS
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.models.presets import LORA_TARGETS, PRESETS
 
@@ -205,7 +205,11 @@ class GeoConfig(Section):
 class StoreConfig(Section):
     path: Path | None = None
     shard_size: int = Field(16, ge=1, le=4096)
-    compression_level: int = Field(3, ge=1, le=22)
+    compression_level: int = Field(3, ge=1, le=22, description="zstd level of the labels")
+    image_codec: Literal[IMAGE_CODECS] = Field(  # type: ignore[valid-type]
+        IMAGE_CODECS[0],
+        description="lossless image codec, used when the store is created (labels: zstd)",
+    )
     geo: GeoConfig = Field(default_factory=GeoConfig)
 
 

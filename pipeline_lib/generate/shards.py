@@ -32,6 +32,7 @@ def open_store_for(cfg: FactoryConfig) -> SampleStore:
         height=res,
         width=res,
         compression_level=cfg.store.compression_level,
+        image_codec=cfg.store.image_codec,
     )
 
 

@@ -24,6 +24,7 @@ from zarr.codecs.numcodecs._codecs import _NumcodecsArrayBytesCodec
 from zarr.errors import ZarrUserWarning
 from zarr.registry import register_codec
 
+from pipeline_lib.choices import IMAGE_CODECS
 from pipeline_lib.errors import ConfigError
 
 
@@ -82,9 +83,8 @@ LOSSLESS: dict[str, dict[str, Any]] = {
     "png": {"level": 1},
     "qoi": {},
 }
-IMAGE_CODECS: tuple[str, ...] = ("webp", "jpegxl", "htj2k", "png", "qoi", "zstd")
 # The default, by the figures in the README's "Benchmarks".
-DEFAULT_IMAGE_CODEC = "webp"
+DEFAULT_IMAGE_CODEC = IMAGE_CODECS[0]
 
 
 def image_codecs(name: str = DEFAULT_IMAGE_CODEC, level: int = 3) -> dict[str, Any]:

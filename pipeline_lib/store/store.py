@@ -214,7 +214,7 @@ def create_or_open_store(
     """Open the store at ``path``, creating it if absent; its geometry must match.
 
     ``compression_level`` is zstd's (labels, and images with ``image_codec="zstd"``);
-    ``image_codec`` names a lossless image codec of ``codecs.IMAGE_CODECS``. Both apply only
+    ``image_codec`` names a lossless image codec of ``choices.IMAGE_CODECS``. Both apply only
     when the store is created: an existing store keeps the codecs it was written with.
     """
     path = Path(path)
