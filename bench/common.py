@@ -45,10 +45,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_json(name: str, parameters: dict[str, Any], results: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` with the machine, parameters and results."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_json(
+    name: str, parameters: dict[str, Any], results: dict[str, Any], path: Path | None = None
+) -> Path:
+    """Write ``bench/results/<name>.json`` (or ``path``) with the machine, parameters, results."""
+    path = Path(path) if path is not None else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
