@@ -16,3 +16,5 @@ SCHEDULER_CLASSES: dict[str, str] = {
 SEGMENTERS: tuple[str, ...] = ("mask2former-cpu", "mask2former-r50", "mask2former-swin-t")
 # store.image_codec: lossless image serializers (pipeline_lib.store.codecs), the default first.
 IMAGE_CODECS: tuple[str, ...] = ("webp", "jpegxl", "htj2k", "png", "qoi", "zstd")
+# label_lora.colours: the colours a label generator draws (pipeline_lib.data.classes).
+LABEL_COLOUR_SETS: tuple[str, ...] = ("palette", "bits")

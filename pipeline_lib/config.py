@@ -22,7 +22,13 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline_lib.choices import DATA_LABELS, IMAGE_CODECS, SCHEDULER_CLASSES, SEGMENTERS
+from pipeline_lib.choices import (
+    DATA_LABELS,
+    IMAGE_CODECS,
+    LABEL_COLOUR_SETS,
+    SCHEDULER_CLASSES,
+    SEGMENTERS,
+)
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.models.presets import LORA_TARGETS, PRESETS
 
@@ -96,6 +102,11 @@ class LabelLoraConfig(TrainConfig):
         "lora",
         description="lora: a LoRA on the base UNet (the research's, for real SD); full: the "
         "whole base UNet fine-tuned (a from-scratch tiny base learns labels faster that way)",
+    )
+    colours: Literal[LABEL_COLOUR_SETS] = Field(  # type: ignore[valid-type]
+        "palette",
+        description="colours the label generator draws: palette (mmseg's, as the research) "
+        "or bits (each raw value's three bits on a corner of the RGB cube)",
     )
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)

@@ -71,3 +71,17 @@ def test_snap_of_a_clean_label_is_exact_and_scores_zero() -> None:
     snapped, share = snap_to_palette(colourise(mask))
     np.testing.assert_array_equal(snapped, mask)
     assert share == 0.0
+
+
+def test_bit_colours_put_every_value_on_its_own_cube_corner_and_snap_back():
+    from pipeline_lib.data.classes import BIT_COLOURS, LABEL_COLOURS
+
+    mask = np.arange(8, dtype=np.uint8).reshape(2, 4)
+    rgb = colourise(mask, BIT_COLOURS)
+    assert set(np.unique(rgb)) == {0, 255} and len({tuple(c) for c in BIT_COLOURS}) == 8
+    # A drawn colour near a corner snaps to that value; one halfway between two is off-code.
+    noisy = np.clip(rgb.astype(int) + 20, 0, 255).astype(np.uint8)
+    snapped, off = snap_to_palette(noisy, tolerance=24, colours=LABEL_COLOURS["bits"])
+    assert np.array_equal(snapped, mask) and off == 0.0
+    blend = np.full((1, 1, 3), 128, np.uint8)
+    assert snap_to_palette(blend, tolerance=24, colours=BIT_COLOURS)[1] == 1.0

@@ -42,6 +42,18 @@ PALETTE.setflags(write=False)
 
 VALUE_BY_NAME = {c.name: c.value for c in CLASSES}
 
+# The colours a label generator draws. ``palette`` is mmsegmentation's, as the research
+# colourises masks for SD. ``bits`` puts each raw value on a corner of the RGB cube (its three
+# bits), so every two classes differ by a whole channel: background (0,0,255) and agriculture
+# (255,255,255), the two largest classes, are two channels apart where the palette has them
+# 1.1 channels apart, and a model unsure between them draws an off-code blend that shows.
+BIT_COLOURS = np.array(
+    [[(v >> 2 & 1) * 255, (v >> 1 & 1) * 255, (v & 1) * 255] for v in range(MAX_VALUE + 1)],
+    dtype=np.uint8,
+)
+BIT_COLOURS.setflags(write=False)
+LABEL_COLOURS: dict[str, np.ndarray] = {"palette": PALETTE, "bits": BIT_COLOURS}
+
 
 def fractions_from_counts(counts: np.ndarray) -> dict[str, float]:
     """Share of each class among labelled pixels, from a bincount of raw values."""

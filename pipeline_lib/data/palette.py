@@ -12,14 +12,14 @@ from pipeline_lib.data.classes import MAX_VALUE, PALETTE
 from pipeline_lib.errors import DataError
 
 
-def colourise(mask: np.ndarray) -> np.ndarray:
+def colourise(mask: np.ndarray, colours: np.ndarray = PALETTE) -> np.ndarray:
     """Map a raw (H, W) mask with values 0..7 to an (H, W, 3) uint8 RGB image."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise DataError(f"a mask must be 2-D (H, W); got shape {mask.shape}")
     if mask.size and int(mask.max()) > MAX_VALUE:
         raise DataError(f"mask holds value {int(mask.max())}; LoveDA masks use 0..{MAX_VALUE}")
-    return PALETTE[mask]
+    return colours[mask]
 
 
 def _rgb_code(rgb: np.ndarray) -> np.ndarray:
@@ -47,8 +47,10 @@ def decolourise(rgb: np.ndarray) -> np.ndarray:
     return lookup[inverse].reshape(codes.shape)
 
 
-def snap_to_palette(rgb: np.ndarray, tolerance: int = 0) -> tuple[np.ndarray, float]:
-    """Snap each pixel to the nearest palette colour (Euclidean in RGB).
+def snap_to_palette(
+    rgb: np.ndarray, tolerance: int = 0, colours: np.ndarray = PALETTE
+) -> tuple[np.ndarray, float]:
+    """Snap each pixel to the nearest of ``colours`` (Euclidean in RGB; the palette).
 
     Returns the raw mask and the share of pixels that were off-palette, that is whose
     largest channel difference from the chosen colour exceeds ``tolerance``.
@@ -58,7 +60,7 @@ def snap_to_palette(rgb: np.ndarray, tolerance: int = 0) -> tuple[np.ndarray, fl
     # (N, 8) squared distances; fine for tiles up to 1024^2 in chunks of rows.
     values = np.empty(len(pixels), dtype=np.uint8)
     off = 0
-    palette = PALETTE.astype(np.int32)
+    palette = colours.astype(np.int32)
     for start in range(0, len(pixels), 1 << 18):
         chunk = pixels[start : start + (1 << 18)]
         dist = ((chunk[:, None, :] - palette[None, :, :]) ** 2).sum(-1)

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline_lib.config import QAConfig
+from pipeline_lib.data.classes import PALETTE
 from pipeline_lib.data.palette import snap_to_palette
 
 OFF_PALETTE = "off_palette"
@@ -41,9 +42,12 @@ def fragment_stats(mask: np.ndarray, min_pixels: int) -> tuple[float, int]:
     return small / mask.size, smallest
 
 
-def score_label(rgb: np.ndarray, qa: QAConfig) -> tuple[np.ndarray, LabelQA]:
-    """Snap ``rgb`` (H, W, 3 uint8) to raw LoveDA values and judge it against ``qa``."""
-    mask, off = snap_to_palette(rgb, qa.palette_tolerance)
+def score_label(
+    rgb: np.ndarray, qa: QAConfig, colours: np.ndarray = PALETTE
+) -> tuple[np.ndarray, LabelQA]:
+    """Snap ``rgb`` (H, W, 3 uint8) to raw LoveDA values and judge it against ``qa``;
+    ``colours`` are the ones the label generator was trained to draw."""
+    mask, off = snap_to_palette(rgb, qa.palette_tolerance, colours)
     small, smallest = fragment_stats(mask, qa.min_fragment_pixels)
     reason = None
     if off > qa.max_off_palette:

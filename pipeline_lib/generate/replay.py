@@ -53,7 +53,11 @@ def recorded_config(store: str | Path, shard_id: int, cfg: FactoryConfig | None)
             "name": meta["name"],
             "generation": meta["generation"],
             "models": {"base": meta["models_base"]},
-            "label_lora": {"output": meta["label_lora"]},
+            # Stores written before label colours were recorded drew mmseg's palette.
+            "label_lora": {
+                "output": meta["label_lora"],
+                "colours": meta.get("label_colours", "palette"),
+            },
             "controlnet": {"output": meta["controlnet"]},
         },
         source=f"{store} shard {shard_id}",

@@ -26,6 +26,7 @@ from diffusers import (
 
 from pipeline_lib.choices import SCHEDULER_CLASSES
 from pipeline_lib.config import FactoryConfig
+from pipeline_lib.data.classes import LABEL_COLOURS
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.generate.concat_pipeline import LabelConcatPipeline
@@ -185,8 +186,9 @@ class Generator:
             generator=[torch.Generator("cpu").manual_seed(d.seed) for d in draws],
         ).images
         results = []
+        colours = LABEL_COLOURS[self.cfg.label_lora.colours]
         for rgb in _to_uint8(out):
-            mask, qa = score_label(rgb, gen.qa)
+            mask, qa = score_label(rgb, gen.qa, colours)
             results.append((rgb, mask, qa))
         return results
 
@@ -260,6 +262,7 @@ class Generator:
             "generation": cfg.generation.model_dump(mode="json"),
             "models_base": str(cfg.models.base),
             "label_lora": str(cfg.label_lora.output),
+            "label_colours": cfg.label_lora.colours,
             "controlnet": str(controlnet_dir(cfg)),
             "device": str(self.device),
         }

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from pipeline_lib.config import FactoryConfig, TrainConfig
+from pipeline_lib.data.classes import LABEL_COLOURS, PALETTE
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.models.sd_folder import SDComponents
 from pipeline_lib.train.pair_sampler import Batch, PairSampler
@@ -81,6 +82,8 @@ class DiffusionLoss:
             with_images=not use_label,
             empty_prompt_prob=train.empty_prompt_prob,
             crop_scale=train.crop_scale,
+            # The label generator draws its labels in the colours it will be read back with.
+            colours=LABEL_COLOURS[cfg.label_lora.colours] if use_label else PALETTE,
         )
         return cls(cfg, sd, sampler, train.seed, train.batch_size, device, dtype, use_label)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline_lib.data.classes import PALETTE
 from pipeline_lib.data.loveda import Tile, list_tiles, read_image, read_mask
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import DataError
@@ -63,9 +64,11 @@ class PairSampler:
         empty_prompt_prob: float = 0.0,
         cache_bytes: int = CACHE_BYTES,
         crop_scale: tuple[float, float] | None = None,
+        colours: np.ndarray = PALETTE,
     ):
         self.tiles = train_tiles(root)
         self.crop_scale = crop_scale
+        self.colours = colours
         self.resolution = resolution
         self.seed = seed
         self.with_images = with_images
@@ -117,7 +120,7 @@ class PairSampler:
         rows = y + np.arange(self.resolution) * crop // self.resolution
         cols = x + np.arange(self.resolution) * crop // self.resolution
         small = mask[np.ix_(rows, cols)]
-        label = _augment(_to_chw(colourise(small)), turns, flip)
+        label = _augment(_to_chw(colourise(small, self.colours)), turns, flip)
         raw = _augment(torch.from_numpy(small.astype(np.int64))[None], turns, flip)[0]
         if image is None:
             out_image = torch.zeros_like(label)
