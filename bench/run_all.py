@@ -4,7 +4,7 @@ Then ``bench/results/summary.json`` gathers the headline ratios (> 1 is better f
 store and generation ones; a share is extra time over the baseline, lower is better). A key
 whose benchmark did not run, or is not written yet, is null.
 
-python -m bench.run_all --samples 256 --size 256 --calls 100
+python -m bench.run_all --samples 256 --size 256 --calls 100 --gen-batch-size 8 --flow-rounds 3
 """
 
 from __future__ import annotations
@@ -14,10 +14,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from bench import flow_overhead, store_vs_png
+from bench import flow_overhead, flow_vs_library, generation, store_vs_png
 from bench.common import RESULTS_DIR, machine
 
-BENCHMARKS = {"store_vs_png": store_vs_png, "flow_overhead": flow_overhead}
+BENCHMARKS = {
+    "store_vs_png": store_vs_png,
+    "flow_overhead": flow_overhead,
+    "generation": generation,
+    "flow_vs_library": flow_vs_library,
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,11 +72,36 @@ def store_summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def flow_summary(numbers: dict[str, Any]) -> dict[str, Any]:
-    """Per-call milliseconds a cached task adds; ``flow_overhead_share`` needs a whole flow run."""
+    """Per-call milliseconds a cached task adds (``flow_vs_library`` times whole flow runs)."""
     return {"task_added_ms": numbers["cached_task_ms_added_median"]}
 
 
-SUMMARISE = {"store_vs_png": store_summary, "flow_overhead": flow_summary}
+def generation_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The factory generator's pairs/s over the naive loop's, and both rates."""
+    return {
+        "generation_vs_naive": results["generation_vs_naive"],
+        "generation_pairs_per_s": {
+            "factory": results["factory_pairs_per_s"],
+            "naive": results["naive_pairs_per_s"],
+        },
+    }
+
+
+def flow_library_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """A whole factory flow run against the library called directly, and a cached re-run."""
+    return {
+        "flow_overhead_share": results["flow_overhead_share"],
+        "cached_rerun_share": results["cached_rerun_share"],
+        "flow_seconds": {k: results[k] for k in ("library_s", "flow_s", "cached_flow_s")},
+    }
+
+
+SUMMARISE = {
+    "store_vs_png": store_summary,
+    "flow_overhead": flow_summary,
+    "generation": generation_summary,
+    "flow_vs_library": flow_library_summary,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

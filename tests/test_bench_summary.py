@@ -34,3 +34,21 @@ def test_store_ratios_use_the_faster_png_folder_and_the_worst_data_kind():
     assert summary["png_bytes_vs_store"] == 100 / 90  # synth: the smaller PNG folder
     assert summary["store_by_kind"]["real"]["store_write_vs_png"] == 4.0
     assert set(SUMMARY_KEYS) >= {"store_write_vs_png", "generation_vs_naive", "cached_rerun_share"}
+
+
+def test_generation_and_flow_figures_fill_their_summary_keys():
+    from bench.run_all import BENCHMARKS, SUMMARISE, flow_library_summary, generation_summary
+
+    assert set(SUMMARISE) == set(BENCHMARKS)
+    generation = {"generation_vs_naive": 1.2, "factory_pairs_per_s": 3.0, "naive_pairs_per_s": 2.5}
+    assert generation_summary(generation)["generation_vs_naive"] == 1.2
+    flow = {
+        "library_s": 10.0,
+        "flow_s": 12.0,
+        "cached_flow_s": 1.0,
+        "flow_overhead_share": 0.2,
+        "cached_rerun_share": 1 / 12,
+    }
+    summary = flow_library_summary(flow)
+    assert summary["flow_overhead_share"] == 0.2 and summary["cached_rerun_share"] == 1 / 12
+    assert summary["flow_seconds"]["flow_s"] == 12.0
