@@ -28,7 +28,8 @@ def _declared(*groups: str) -> set[str]:
 
 def _third_party_imports(folders: list[Path]) -> dict[str, str]:
     """Top-level module -> first file importing it (imports inside functions included)."""
-    own = set(PACKAGES) | {p.stem for p in (ROOT / "tests").glob("*.py")}
+    # bench/ is the repository's own folder of scripts, run from the checkout.
+    own = set(PACKAGES) | {"bench"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
     found: dict[str, str] = {}
     for folder in folders:
         for path in sorted(folder.rglob("*.py")):
