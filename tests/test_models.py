@@ -171,3 +171,19 @@ def test_cli_models_init_writes_a_loadable_dir(tmp_path):
     assert "hash" in result.output
     check_sd_dir(tmp_path / "sd")
     check_controlnet_dir(tmp_path / "sd" / "controlnet")
+
+
+def test_a_base_built_from_another_preset_is_refused(tmp_path):
+    from pipeline_lib.config import config_from_dict
+    from pipeline_lib.errors import CheckpointError
+    from pipeline_lib.models.build import ensure_base_models
+
+    init_models(tmp_path / "sd", "tiny")
+    cfg = config_from_dict(
+        {
+            "work_dir": str(tmp_path),
+            "models": {"base": str(tmp_path / "sd"), "preset": "tiny-pixel"},
+        }
+    )
+    with pytest.raises(CheckpointError, match="built from preset 'tiny'"):
+        ensure_base_models(cfg)

@@ -21,6 +21,8 @@ from pipeline_lib.models.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
+PRESET_RECORD = "preset.json"
+
 
 def build_components(preset: str | Preset, seed: int = 0) -> dict[str, Any]:
     """Randomly initialised components of a preset, deterministic per ``seed``."""
@@ -71,7 +73,7 @@ def init_models(out: Path, preset: str, seed: int = 0, overwrite: bool = False) 
     pipe.save_pretrained(tmp, safe_serialization=True)
     controlnet = controlnet_from_unet(parts["unet"], preset_obj.vae_scale_factor)
     controlnet.save_pretrained(tmp / CONTROLNET_SUBDIR, safe_serialization=True)
-    (tmp / "preset.json").write_text(json.dumps({"preset": preset_obj.name, "seed": seed}) + "\n")
+    (tmp / PRESET_RECORD).write_text(json.dumps({"preset": preset_obj.name, "seed": seed}) + "\n")
     if overwrite and out.exists():
         shutil.rmtree(out)
     try:
@@ -87,10 +89,20 @@ def init_models(out: Path, preset: str, seed: int = 0, overwrite: bool = False) 
 def ensure_base_models(cfg: FactoryConfig) -> Path:
     """``cfg.models.base``, initialised from ``cfg.models.preset`` when it does not exist.
 
-    An existing directory is checked, never overwritten.
+    An existing directory is checked, never overwritten: one built from another preset
+    than the config names is an error, not a silent mix of two models.
     """
     base = Path(cfg.models.base)
     if not base.exists() and cfg.models.preset is not None:
         init_models(base, cfg.models.preset, seed=cfg.models.seed)
     check_sd_dir(base)
+    record = base / PRESET_RECORD
+    if cfg.models.preset is not None and record.is_file():
+        built = json.loads(record.read_text()).get("preset")
+        if built != cfg.models.preset:
+            raise CheckpointError(
+                f"{base} was built from preset {built!r}, but models.preset is "
+                f"{cfg.models.preset!r}; delete {base} (and the trained models beside it) "
+                "or point models.base elsewhere"
+            )
     return base

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from pipeline_lib.config import FactoryConfig, TrainConfig, VaeConfig
 from pipeline_lib.errors import CheckpointError
-from pipeline_lib.models.build import ensure_base_models
+from pipeline_lib.models.build import PRESET_RECORD, ensure_base_models
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.presets import get_preset
 from pipeline_lib.train.pair_sampler import Batch, PairSampler
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 RECORD = "vae_training.json"
 VAE_SUBDIR = "vae"
-PRESET_RECORD = "preset.json"
+
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # Labels and images drawn to measure the latent scale, from steps past the training run.
 _CALIBRATION_SAMPLES = 64
