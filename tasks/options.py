@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -16,10 +14,10 @@ from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_logger
 from prefect.settings import get_current_settings
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.errors import FactoryError, GpuMemoryError
+from pipeline_lib.hashing import json_digest
 
 GPU_TAG = "gpu"
 T = TypeVar("T")
@@ -28,13 +26,7 @@ log = get_logger(__name__)
 
 def digest(*parts: Any) -> str:
     """A stable cache key over config sections, hashes and plain values."""
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, BaseModel):
-            part = part.model_dump(mode="json")
-        h.update(json.dumps(part, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:32]
+    return json_digest(*parts, length=32)
 
 
 @lru_cache(maxsize=16)

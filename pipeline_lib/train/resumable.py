@@ -9,7 +9,6 @@ leaves a half-written one that looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from pipeline_lib.config import FactoryConfig, TrainConfig
 from pipeline_lib.errors import CheckpointError, ConfigError, TrainingDivergedError
+from pipeline_lib.hashing import json_digest
 from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.train.pair_sampler import Batch
@@ -123,9 +123,8 @@ def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
 
 
 def config_hash(*parts: Any) -> str:
-    """Short sha256 of JSON-able parts: what, besides step count, determines the weights."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """What, besides step count, determines the weights (16 hex digits)."""
+    return json_digest(*parts)
 
 
 def train_section_hash(train: TrainConfig, *extra: Any) -> str:
