@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.errors import CheckpointError
 from pipeline_lib.models.build import ensure_base_models
 from pipeline_lib.models.sd_folder import load_sd_components
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
@@ -34,10 +33,10 @@ from pipeline_lib.train.resumable import (
 from pipeline_lib.train.vae import RECORD as VAE_RECORD
 from pipeline_lib.train.vae import (
     WEIGHTS,
+    already_installed,
     initial_hash,
     install_component,
     read_record,
-    recorded_summary,
     restore_interrupted_swap,
 )
 
@@ -75,17 +74,9 @@ def train_base(
     restore_interrupted_swap(base, UNET_SUBDIR, RECORD)
     base = ensure_base_models(cfg)
     section_hash = train_section_hash(train, training_prompt(cfg))
-    record = read_record(base, RECORD)
-    if record is not None:
-        if record["config_hash"] != section_hash or record["steps"] != train.steps:
-            raise CheckpointError(
-                f"{base / UNET_SUBDIR} was pre-trained with other base settings "
-                f"({record['steps']} steps, config hash {record['config_hash']}); rebuild the "
-                f"base with `lfactory models init {base} --preset {cfg.models.preset} --force` "
-                "to train it again"
-            )
-        log.info("base: %s already trained (%s); not training again", base, RECORD)
-        return recorded_summary("base", train, record)
+    done = already_installed("base", cfg, train, UNET_SUBDIR, RECORD, section_hash)
+    if done is not None:
+        return done
 
     accelerator = make_accelerator(cfg, train)
     dtype = weight_dtype(accelerator)

@@ -203,6 +203,26 @@ def recorded_summary(kind: str, train: TrainConfig, record: dict[str, Any]) -> T
     )
 
 
+def already_installed(
+    kind: str, cfg: FactoryConfig, train: TrainConfig, subdir: str, record: str, section_hash: str
+) -> TrainSummary | None:
+    """The summary of an install that ``record`` describes, None when there was none; an
+    install made with other settings is an error (it would be reused silently otherwise)."""
+    base = Path(cfg.models.base)
+    data = read_record(base, record)
+    if data is None:
+        return None
+    if data["config_hash"] != section_hash or data["steps"] != train.steps:
+        raise CheckpointError(
+            f"{base / subdir} was trained with other {kind} settings "
+            f"({data['steps']} steps, config hash {data['config_hash']}); rebuild the "
+            f"base with `lfactory models init {base} --preset {cfg.models.preset} --force` "
+            "to train it again"
+        )
+    log.info("%s: %s already trained (%s); not training again", kind, base, record)
+    return recorded_summary(kind, train, data)
+
+
 def train_vae(
     cfg: FactoryConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True
 ) -> TrainSummary | None:
@@ -219,17 +239,9 @@ def train_vae(
     restore_interrupted_swap(base, VAE_SUBDIR, RECORD)
     base = ensure_base_models(cfg)
     section_hash = train_section_hash(train)
-    record = read_record(base)
-    if record is not None:
-        if record["config_hash"] != section_hash or record["steps"] != train.steps:
-            raise CheckpointError(
-                f"{base / VAE_SUBDIR} was trained with other vae settings "
-                f"({record['steps']} steps, config hash {record['config_hash']}); rebuild the "
-                f"base with `lfactory models init {base} --preset {cfg.models.preset} --force` "
-                "to train it again"
-            )
-        log.info("vae: %s already trained (%s); not training again", base, RECORD)
-        return recorded_summary("vae", train, record)
+    done = already_installed("vae", cfg, train, VAE_SUBDIR, RECORD, section_hash)
+    if done is not None:
+        return done
 
     accelerator = make_accelerator(cfg, train)
     vae = _load_vae(base / VAE_SUBDIR)
