@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline_lib.config import FactoryConfig
+from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.build import ensure_base_models
 from pipeline_lib.models.sd_folder import load_sd_components
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
@@ -100,7 +101,7 @@ def train_base(
         save_final=lambda out: accelerator.unwrap_model(job.model).save_pretrained(
             out, safe_serialization=True
         ),
-        samples_per_step=train.batch_size * train.grad_accum,
+        samples_per_step=effective_batch(train),
         config_hash=section_hash,
         base_model_hash=_start_identity(base),
         output=train.output,

@@ -13,12 +13,15 @@ whole; the label and prompt are dropped together for classifier-free guidance.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from pipeline_lib.config import FactoryConfig
+from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.build import controlnet_from_unet, ensure_base_models
 from pipeline_lib.models.label_condition import condition_channels, label_condition
 from pipeline_lib.models.model_hash import model_hash
@@ -101,22 +104,37 @@ def train_controlnet(
             ).sample
         return loss.mse(prediction, target)
 
+    job = _image_job("controlnet", controlnet, loss, step_loss, cfg, base, accelerator)
+    return run_training(
+        job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
+    )
+
+
+def _image_job(
+    kind: str,
+    model: torch.nn.Module,
+    loss: DiffusionLoss,
+    step_loss: Callable[[Batch, int, int], torch.Tensor],
+    cfg: FactoryConfig,
+    base: Path,
+    accelerator: Accelerator,
+) -> TrainJob:
+    """The job of either image model, saved with save_pretrained in the diffusers layout."""
+    train = cfg.controlnet
     job = TrainJob(
-        kind="controlnet",
-        model=controlnet,
+        kind=kind,
+        model=model,
         batch=loss.batch,
         loss=step_loss,
         save_final=lambda out: accelerator.unwrap_model(job.model).save_pretrained(
             out, safe_serialization=True
         ),
-        samples_per_step=train.batch_size * train.grad_accum,
+        samples_per_step=effective_batch(train),
         config_hash=train_section_hash(train, training_prompt(cfg)),
         base_model_hash=model_hash(base),
         output=train.output,
     )
-    return run_training(
-        job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
-    )
+    return job
 
 
 def _train_concat(
@@ -142,19 +160,7 @@ def _train_concat(
             prediction = job.model(torch.cat([noisy, cond], 1), t, encoder_hidden_states=text)
         return loss.mse(prediction.sample, target)
 
-    job = TrainJob(
-        kind="image-concat",
-        model=unet,
-        batch=loss.batch,
-        loss=step_loss,
-        save_final=lambda out: accelerator.unwrap_model(job.model).save_pretrained(
-            out, safe_serialization=True
-        ),
-        samples_per_step=train.batch_size * train.grad_accum,
-        config_hash=train_section_hash(train, training_prompt(cfg)),
-        base_model_hash=model_hash(base),
-        output=train.output,
-    )
+    job = _image_job("image-concat", unet, loss, step_loss, cfg, base, accelerator)
     return run_training(
         job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
     )

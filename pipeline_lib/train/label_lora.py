@@ -16,6 +16,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from pipeline_lib.config import FactoryConfig
+from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.build import ensure_base_models
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import load_sd_components
@@ -103,7 +104,7 @@ def train_label_lora(
         batch=loss.batch,
         loss=step_loss,
         save_final=lambda out: save_label_model(accelerator.unwrap_model(job.model), out, full),
-        samples_per_step=lora.batch_size * lora.grad_accum,
+        samples_per_step=effective_batch(lora),
         config_hash=train_section_hash(lora, training_prompt(cfg)),
         base_model_hash=model_hash(base),
         output=lora.output,

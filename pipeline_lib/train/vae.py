@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from pipeline_lib.config import FactoryConfig, TrainConfig, VaeConfig
 from pipeline_lib.errors import CheckpointError
+from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.build import PRESET_RECORD, ensure_base_models
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.presets import get_preset
@@ -258,7 +259,7 @@ def train_vae(
         batch=lambda step, micro: sampler.batch(step, micro, train.batch_size),
         loss=step_loss,
         save_final=lambda out: save_vae(accelerator.unwrap_model(job.model), sampler, train, out),
-        samples_per_step=2 * train.batch_size * train.grad_accum,
+        samples_per_step=2 * effective_batch(train),
         config_hash=section_hash,
         base_model_hash=initial_hash(base),
         output=train.output,
