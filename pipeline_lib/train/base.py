@@ -33,10 +33,9 @@ from pipeline_lib.train.resumable import (
 )
 from pipeline_lib.train.vae import RECORD as VAE_RECORD
 from pipeline_lib.train.vae import (
-    WEIGHTS,
     already_installed,
     initial_hash,
-    install_component,
+    install_trained,
     read_record,
     restore_interrupted_swap,
 )
@@ -110,19 +109,5 @@ def train_base(
         job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
     )
     if summary.complete:
-        install_component(
-            train.output,
-            base,
-            UNET_SUBDIR,
-            ("config.json", WEIGHTS),
-            RECORD,
-            {
-                "kind": "base",
-                "config_hash": section_hash,
-                "steps": train.steps,
-                "seed": train.seed,
-                "initial_hash": job.base_model_hash,
-                "output_hash": summary.output_hash,
-            },
-        )
+        install_trained(job, summary, train, base, UNET_SUBDIR, RECORD)
     return summary

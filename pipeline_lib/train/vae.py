@@ -101,6 +101,22 @@ def save_vae(vae: AutoencoderKL, sampler: PairSampler, train: VaeConfig, output:
     vae.save_pretrained(output, safe_serialization=True)
 
 
+def install_trained(
+    job: TrainJob, summary: TrainSummary, train: TrainConfig, base: Path, subdir: str, record: str
+) -> None:
+    """Install a finished stage's weights into ``base/subdir`` with the record that says
+    what was trained (what :func:`already_installed` checks on the next call)."""
+    data = {
+        "kind": job.kind,
+        "config_hash": job.config_hash,
+        "steps": train.steps,
+        "seed": train.seed,
+        "initial_hash": job.base_model_hash,
+        "output_hash": summary.output_hash,
+    }
+    install_component(train.output, base, subdir, ("config.json", WEIGHTS), record, data)
+
+
 def install_component(
     trained: Path, base: Path, subdir: str, files: tuple[str, ...], record: str, data: dict
 ) -> None:
@@ -268,19 +284,5 @@ def train_vae(
         job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
     )
     if summary.complete:
-        install_component(
-            train.output,
-            base,
-            VAE_SUBDIR,
-            ("config.json", WEIGHTS),
-            RECORD,
-            {
-                "kind": "vae",
-                "config_hash": section_hash,
-                "steps": train.steps,
-                "seed": train.seed,
-                "initial_hash": job.base_model_hash,
-                "output_hash": summary.output_hash,
-            },
-        )
+        install_trained(job, summary, train, base, VAE_SUBDIR, RECORD)
     return summary
