@@ -12,7 +12,7 @@ from pipeline_lib.config import FactoryConfig
 from pipeline_lib.quality import write_quality
 from pipeline_lib.report.quality import QualityReport
 from pipeline_lib.report.results import ValidationReport
-from pipeline_lib.store.manifest import manifest_dir
+from pipeline_lib.store.manifest import manifest_files
 from pipeline_lib.validate.consistency import ConsistencyResult, consistency
 from tasks.options import GPU_TAG, digest
 
@@ -20,8 +20,7 @@ from tasks.options import GPU_TAG, digest
 def _consistency_key(_: TaskRunContext, params: dict) -> str:
     config: FactoryConfig = params["config"]
     checkpoint = Path(params["checkpoint"])
-    manifests = manifest_dir(config.store.path)
-    shards = sorted((p.name, p.stat().st_size) for p in manifests.glob("*.parquet"))
+    shards = manifest_files(config.store.path)
     stamp = checkpoint.stat().st_mtime_ns if checkpoint.is_file() else 0
     return digest("consistency", config.validation, str(checkpoint), stamp, shards)
 

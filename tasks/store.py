@@ -6,16 +6,15 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.store.manifest import manifest_dir
+from pipeline_lib.store.manifest import manifest_dir, manifest_files
 from pipeline_lib.store.verify import VerifyReport, verify_store
 from tasks.options import digest
 
 
 def _manifests_key(_: TaskRunContext, params: dict) -> str:
     # A store is re-verified whenever its set of committed shards changes.
-    manifests = manifest_dir(params["config"].store.path)
-    files = sorted((p.name, p.stat().st_size) for p in manifests.glob("*.parquet"))
-    return digest("verify-store", str(manifests), files)
+    store = params["config"].store.path
+    return digest("verify-store", str(manifest_dir(store)), manifest_files(store))
 
 
 @task(name="verify-store", cache_key_fn=_manifests_key)

@@ -80,6 +80,11 @@ def manifest_path(store: str | Path, shard_id: int) -> Path:
     return manifest_dir(store) / f"shard-{shard_id:05d}.parquet"
 
 
+def manifest_files(store: str | Path) -> list[tuple[str, int]]:
+    """(name, size) of each manifest file, sorted: what a cache key sees of the committed store."""
+    return sorted((p.name, p.stat().st_size) for p in manifest_dir(store).glob("*.parquet"))
+
+
 def committed_shard_ids(store: str | Path) -> list[int]:
     """Ids of the shards whose manifest exists, i.e. the committed shards, sorted."""
     folder = manifest_dir(store)
