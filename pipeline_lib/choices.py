@@ -8,6 +8,7 @@ DATA_LABELS: dict[str, str] = {"gen": "Gen.", "ori": "Ori.", "both": "Gen.+Ori."
 # generation.scheduler: diffusers scheduler class of each name.
 SCHEDULER_CLASSES: dict[str, str] = {
     "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
     "dpmsolver": "DPMSolverMultistepScheduler",
     "euler": "EulerDiscreteScheduler",
     "pndm": "PNDMScheduler",

@@ -182,6 +182,11 @@ class GenerationConfig(Section):
     negative_prompt: str = ""
     styles: dict[str, StyleConfig] = Field(default_factory=lambda: {"default": StyleConfig()})
     scheduler: Literal[tuple(SCHEDULER_CLASSES)] = "ddim"  # type: ignore[valid-type]
+    label_scheduler: Literal[tuple(SCHEDULER_CLASSES)] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="the label pass's sampler when it differs from scheduler: a stochastic "
+        "one (ddpm) corrects an undertrained label model's errors as it goes",
+    )
     label_steps: int = Field(20, ge=1, le=1000)
     image_steps: int = Field(20, ge=1, le=1000)
     label_guidance: float = Field(3.0, ge=0)

@@ -25,7 +25,7 @@ from diffusers import (
 )
 
 from pipeline_lib.choices import SCHEDULER_CLASSES
-from pipeline_lib.config import FactoryConfig
+from pipeline_lib.config import FactoryConfig, GenerationConfig
 from pipeline_lib.data.classes import LABEL_COLOURS
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import CheckpointError
@@ -81,6 +81,13 @@ class Draw:
     negative_prompt: str
 
 
+def scheduler_names(gen: GenerationConfig) -> str:
+    """The manifest's sampler name: ``ddim``, or ``ddpm/ddim`` when the label pass differs."""
+    if gen.label_scheduler in (None, gen.scheduler):
+        return gen.scheduler
+    return f"{gen.label_scheduler}/{gen.scheduler}"
+
+
 def _join(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
@@ -107,8 +114,9 @@ class Generator:
         }
         none = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         scheduler_cls = SCHEDULERS[gen.scheduler]
+        label_scheduler = SCHEDULERS[gen.label_scheduler or gen.scheduler]
         self.label_pipe = StableDiffusionPipeline(
-            **shared, scheduler=scheduler_cls.from_config(parts.scheduler.config), **none
+            **shared, scheduler=label_scheduler.from_config(parts.scheduler.config), **none
         )
         lora = Path(cfg.label_lora.output)
         self.lora_hash = NO_LORA
@@ -247,7 +255,7 @@ class Generator:
             "image_steps": gen.image_steps,
             "label_guidance": gen.label_guidance,
             "image_guidance": gen.image_guidance,
-            "scheduler": gen.scheduler,
+            "scheduler": scheduler_names(gen),
             **self.hashes,
             "off_palette_share": qa.off_palette_share,
             "small_fragment_share": qa.small_fragment_share,
