@@ -74,3 +74,26 @@ def test_valid_yaml_loads_with_paths_made_absolute(
     assert config.store.path == tmp_path / "run" / "store.zarr"
     for path_value in (config.models.base, config.validation.output, config.prefect.results_path):
         assert path_value is not None and path_value.is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("targets", "says"),
+    [
+        ("{barrenn: 0.1}", "unknown class 'barrenn'; classes: background, building"),
+        ("{barren: 1.5}", "barren: a share lies in 0..1, got 1.5"),
+        ("{barren: 0.6, road: 0.5}", "the shares sum to 1.1; at most 1"),
+    ],
+)
+def test_class_targets_name_known_classes_with_shares_summing_to_at_most_one(
+    tmp_path: Path, targets: str, says: str
+) -> None:
+    message = _error(_write(tmp_path, f"generation:\n  class_targets: {targets}\n"))
+    assert "generation.class_targets" in message and says in message
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.name and cfg.work_dir.is_absolute()
