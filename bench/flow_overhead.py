@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sqlite3
 import tempfile
 import textwrap
@@ -21,13 +20,15 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 from typing import Any
 
 import numpy as np
 
-from bench.common import format_table, median, positive_int, timed, write_json
+from bench.cli import command_line, positive_int
+from bench.report import format_table, write_results
 from bench.store_vs_png import make_samples, write_store
+from bench.timing import timed
 from pipeline_lib.store import committed_count
 
 NAME = "flow_overhead"
@@ -217,11 +218,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure in a temporary folder, print the table, write the JSON; return the results."""
-    workdir = Path(tempfile.mkdtemp(prefix="lfactory-bench-flow-"))
-    try:
-        raw = measure(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with tempfile.TemporaryDirectory(
+        prefix="lfactory-bench-flow-", ignore_cleanup_errors=True
+    ) as tmp:
+        raw = measure(args, Path(tmp))
     numbers = summary(raw)
     print(
         f"Prefect overhead: committed_count on a {STORE_SHARDS}-shard store, "
@@ -245,15 +245,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "shard_size": STORE_SHARD_SIZE,
         "size": STORE_SIZE,
     }
-    path = write_json(NAME, parameters, {**numbers, "raw": raw})
-    print(f"wrote {path}")
+    write_results(NAME, parameters, {**numbers, "raw": raw})
     return numbers
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bench.{NAME}", description=__doc__.split("\n")[0]
-    )
+    parser = command_line(NAME, __doc__)
     add_arguments(parser)
     run(parser.parse_args(argv))
 

@@ -33,9 +33,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
-from bench.common import RESULTS_DIR, format_table, median, positive_int, write_json
+from bench.cli import command_line, positive_int
+from bench.report import RESULTS_DIR, format_table, write_results
 
 NAME = "flow_vs_library"
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,18 +210,17 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
+RUNS = (
+    ("library functions, called directly", "library_s"),
+    ("factory flow, cold", "flow_s"),
+    ("factory flow, cached re-run", "cached_flow_s"),
+)
+
+
 def table(results: dict[str, Any]) -> str:
+    """Wall seconds of each run, with the seconds added and the ratio to the library's."""
     lib = results["library_s"]
-    rows = [
-        ["library functions, called directly", lib, 0.0, 1.0],
-        ["factory flow, cold", results["flow_s"], results["flow_s"] - lib, results["flow_s"] / lib],
-        [
-            "factory flow, cached re-run",
-            results["cached_flow_s"],
-            results["cached_flow_s"] - lib,
-            results["cached_flow_s"] / lib,
-        ],
-    ]
+    rows = [[run, results[k], results[k] - lib, results[k] / lib] for run, k in RUNS]
     return format_table(["run", "wall s", "added s", "ratio"], rows)
 
 
@@ -255,15 +256,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"server start {raw['server_start_s']:.1f} s are before the timings, in neither."
     )
     parameters = {"rounds": args.flow_rounds, "config": minimal_config(Path("WORK_DIR"))}
-    path = write_json(NAME, parameters, results)
-    print(f"wrote {path}")
+    write_results(NAME, parameters, results)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bench.{NAME}", description=__doc__.split("\n")[0]
-    )
+    parser = command_line(NAME, __doc__)
     add_arguments(parser)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

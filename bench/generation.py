@@ -16,18 +16,19 @@ over rounds is reported.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.common import format_table, median, positive_int, write_json
+from bench.cli import command_line, positive_int
+from bench.report import format_table, write_results
 
 NAME = "generation"
 QA_OFF = {"max_off_palette": 1.0, "max_small_fragment_share": 1.0}  # every draw is kept
@@ -229,19 +230,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any], batch: int) -> str:
-    rows = [
-        [
-            f"factory Generator (batch {batch})",
-            results["factory_pairs_per_s"],
-            1 / results["factory_pairs_per_s"],
-        ],
-        [
-            "naive diffusers loop (batch 1)",
-            results["naive_pairs_per_s"],
-            1 / results["naive_pairs_per_s"],
-        ],
+    rates = [
+        (f"factory Generator (batch {batch})", results["factory_pairs_per_s"]),
+        ("naive diffusers loop (batch 1)", results["naive_pairs_per_s"]),
     ]
-    return format_table(["way", "pairs/s", "s/pair"], rows)
+    return format_table(["way", "pairs/s", "s/pair"], [[w, r, 1 / r] for w, r in rates])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -264,11 +257,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure in a temporary folder, print the table, write the JSON; return the results."""
-    workdir = Path(tempfile.mkdtemp(prefix="lfactory-bench-gen-"))
-    try:
-        results = measure(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with tempfile.TemporaryDirectory(
+        prefix="lfactory-bench-gen-", ignore_cleanup_errors=True
+    ) as tmp:
+        results = measure(args, Path(tmp))
     parameters = {
         "preset": "tiny",
         "device": "cpu",
@@ -286,15 +278,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(table(results, args.gen_batch_size))
     print(f"factory / naive: {results['generation_vs_naive']:.2f}x (median of per-round ratios)")
-    path = write_json(NAME, parameters, results)
-    print(f"wrote {path}")
+    write_results(NAME, parameters, results)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bench.{NAME}", description=__doc__.split("\n")[0]
-    )
+    parser = command_line(NAME, __doc__)
     add_arguments(parser)
     run(parser.parse_args(argv))
 

@@ -25,17 +25,18 @@ round; medians are reported.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
 
-from bench.common import format_table, median, positive_int, write_json
+from bench.cli import command_line, positive_int
 from bench.generation import NaiveLoop, factory_pairs, generation_config, side_by_side
+from bench.report import format_table, write_results
 
 NAME = "gpu_generation"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -243,7 +244,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m bench.{NAME}", description=__doc__.split("\n")[0])
+    p = command_line(NAME, __doc__)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="on CUDA (default bf16)")
     p.add_argument("--channels-last", action="store_true", help="channels-last UNet/ControlNet/VAE")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
@@ -273,11 +274,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="lfactory-bench-gpu-"))
-    try:
-        parameters, results = measure(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with tempfile.TemporaryDirectory(
+        prefix="lfactory-bench-gpu-", ignore_cleanup_errors=True
+    ) as tmp:
+        parameters, results = measure(args, Path(tmp))
     print(
         f"generation on {results['device_name']}: {parameters['preset']} at "
         f"{parameters['resolution']} px, {parameters['steps']} steps per stage, CFG "
@@ -293,8 +293,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{results['generation_vs_naive']:.2f}x the naive loop, "
         f"{results['best_share_of_peak']:.0%} of the measured peak"
     )
-    path = write_json(NAME, parameters, results, args.out)
-    print(f"wrote {path}")
+    write_results(NAME, parameters, results, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import flow_overhead, flow_vs_library, generation, store_vs_png
-from bench.common import RESULTS_DIR, machine
+from bench.cli import command_line
+from bench.report import RESULTS_DIR, machine, write_json
 
 BENCHMARKS = {
     "store_vs_png": store_vs_png,
@@ -27,11 +28,7 @@ BENCHMARKS = {
 
 def parser() -> argparse.ArgumentParser:
     """Every benchmark's flags in one parser (``--seed`` is shared)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.run_all",
-        description=__doc__.split("\n")[0],
-        conflict_handler="resolve",
-    )
+    parser = command_line("run_all", __doc__, conflict_handler="resolve")
     parser.add_argument(
         "--only",
         choices=sorted(BENCHMARKS),
@@ -114,11 +111,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary.update(SUMMARISE[name](module.run(args)))
         print()
     summary["machine"] = machine()
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}, indent=2))
-    print(f"wrote {path}")
+    write_json(RESULTS_DIR / "summary.json", summary)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,10 @@ import zarr
 from PIL import Image
 from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 
-from bench.common import format_table, median, positive_int, timed, write_json
+from bench.cli import command_line, positive_int
+from bench.report import format_table, write_results
 from bench.samples import KINDS, real_tiles, samples
+from bench.timing import timed
 from pipeline_lib.store.codecs import IMAGE_CODECS, image_codecs, label_codecs
 
 NAME = "store_codecs"
@@ -169,11 +172,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="lfactory-bench-codecs-"))
-    try:
-        results = measure(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with tempfile.TemporaryDirectory(
+        prefix="lfactory-bench-codecs-", ignore_cleanup_errors=True
+    ) as tmp:
+        results = measure(args, Path(tmp))
     for key, rows in results.items():
         print(f"{key}: {args.samples} samples of {args.size}x{args.size}, median of {args.repeats}")
         print(table(rows))
@@ -181,15 +183,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     parameters = {
         k: getattr(args, k) for k in ("samples", "size", "shard_size", "reads", "repeats", "seed")
     }
-    path = write_json(NAME, parameters, results)
-    print(f"wrote {path}")
+    write_results(NAME, parameters, results)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bench.{NAME}", description=__doc__.split("\n")[0]
-    )
+    parser = command_line(NAME, __doc__)
     add_arguments(parser)
     run(parser.parse_args(argv))
 

@@ -15,20 +15,22 @@ them) and crops of the genuine LoveDA tiles (where ``../shared/data/loveda-real`
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from bench.common import format_table, median, positive_int, timed, write_json
+from bench.cli import command_line, positive_int
+from bench.report import format_table, write_results
 from bench.samples import KINDS, real_tiles, samples
+from bench.timing import timed
 from pipeline_lib.data.loveda import read_image, read_mask, write_png
 from pipeline_lib.generate.seeds import sample_id
 from pipeline_lib.store import SampleStore, ShardData, commit_shard, create_or_open_store
@@ -292,11 +294,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kinds = [k for k in KINDS if k != "real" or real_tiles()]
     results = {}
     for kind in kinds:
-        workdir = Path(tempfile.mkdtemp(prefix="lfactory-bench-store-"))
-        try:
-            results[kind] = measure(args, workdir, kind)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with tempfile.TemporaryDirectory(
+            prefix="lfactory-bench-store-", ignore_cleanup_errors=True
+        ) as tmp:
+            results[kind] = measure(args, Path(tmp), kind)
     parameters = {
         k: getattr(args, k) for k in ("samples", "size", "shard_size", "reads", "repeats", "seed")
     }
@@ -311,15 +312,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(table(results[kind]))
         print()
     print(textwrap.fill(FOOTNOTE, width=100))
-    path = write_json(NAME, parameters, results)
-    print(f"wrote {path}")
+    write_results(NAME, parameters, results)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bench.{NAME}", description=__doc__.split("\n")[0]
-    )
+    parser = command_line(NAME, __doc__)
     add_arguments(parser)
     run(parser.parse_args(argv))
 

@@ -1,13 +1,15 @@
-"""What every benchmark shares: timing, the machine record, the table and the JSON file."""
+"""How a benchmark reports: a plain-text table on stdout and a JSON file under ``bench/results/``.
+
+Every JSON file carries the machine and package versions beside the parameters and figures, so a
+number read later says what it was measured on.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -15,17 +17,6 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _PACKAGES = ("torch", "zarr", "numcodecs", "numpy", "rasterio", "pillow", "pyarrow", "prefect")
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    """Seconds one call of ``fn`` takes (wall clock)."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
 
 
 def machine() -> dict[str, Any]:
@@ -43,23 +34,6 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
     }
-
-
-def write_json(
-    name: str, parameters: dict[str, Any], results: dict[str, Any], path: Path | None = None
-) -> Path:
-    """Write ``bench/results/<name>.json`` (or ``path``) with the machine, parameters, results."""
-    path = Path(path) if path is not None else RESULTS_DIR / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "benchmark": name,
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "parameters": parameters,
-        "results": results,
-    }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -84,9 +58,23 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{text} is not a positive integer")
-    return value
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` as indented JSON and print where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def write_results(
+    name: str, parameters: dict[str, Any], results: dict[str, Any], path: Path | None = None
+) -> Path:
+    """Write ``bench/results/<name>.json`` (or ``path``): the machine, parameters and results."""
+    payload = {
+        "benchmark": name,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "parameters": parameters,
+        "results": results,
+    }
+    return write_json(Path(path) if path is not None else RESULTS_DIR / f"{name}.json", payload)
