@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -34,6 +35,7 @@ from pipeline_lib.store import (
     committed_count,
     create_or_open_store,
     export_store,
+    manifest_dataset,
     plan_shards,
     read_manifests,
     stage_shard,
@@ -268,6 +270,51 @@ def test_manifest_of_unknown_schema_version_is_refused(tmp_path):
     pq.write_table(table.replace_schema_metadata({b"schema_version": b"99"}), path)
     with pytest.raises(StoreError, match="schema_version 99"):
         read_manifests(store.path)
+
+
+def write_v1_manifest(store: Path, shard_id: int) -> None:
+    """Rewrite a shard's manifest as schema version 1 wrote it: no dup_distance and
+    agreement_miou columns, version 1 in the schema metadata and in every row."""
+    path = manifest_path(store, shard_id)
+    table = pq.read_table(path)
+    v1 = pa.schema(
+        [f for f in MANIFEST_SCHEMA if f.name not in ("dup_distance", "agreement_miou")],
+        metadata={**table.schema.metadata, b"schema_version": b"1"},
+    )
+    table = table.set_column(0, "schema_version", pa.array([1] * table.num_rows, pa.int16()))
+    pq.write_table(table.select(v1.names).cast(v1), path)
+
+
+def test_a_store_written_with_v1_manifests_still_verifies_and_reads(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0, 1))
+    write_v1_manifest(store.path, 0)
+    write_v1_manifest(store.path, 1)
+    assert "dup_distance" not in pq.read_schema(manifest_path(store.path, 0)).names
+    commit_shard(store, fake_shard(2, 3))  # the old store keeps growing with version 2 rows
+
+    report = verify_store(store.path)
+    assert report.ok and (report.shards, report.samples) == (3, 9)
+    table = read_manifests(store.path)
+    assert table.schema.names == MANIFEST_SCHEMA.names
+    assert table["schema_version"].to_pylist() == [1] * 6 + [SCHEMA_VERSION] * 3
+    assert table["dup_distance"].null_count == table["agreement_miou"].null_count == 9
+    dataset = manifest_dataset(store.path).to_table()
+    assert dataset.num_rows == 9 and dataset["dup_distance"].null_count == 9
+    _, label, row = store.read_sample(table["sample_id"][0].as_py())
+    assert row["dup_distance"] is None and label.shape == (SIZE, SIZE)
+    stats = store_stats(store.path)
+    assert (stats.samples, stats.shards) == (9, 3)
+    assert export_store(store.path, tmp_path / "out", "mmseg") == {"train": 9}
+
+
+def test_manifest_of_version_0_or_a_future_one_is_refused(tmp_path):
+    store = make_store(tmp_path / "s.zarr", shards=(0,))
+    path = manifest_path(store.path, 0)
+    table = pq.read_table(path)
+    for version in (b"0", str(SCHEMA_VERSION + 1).encode()):
+        pq.write_table(table.replace_schema_metadata({b"schema_version": version}), path)
+        with pytest.raises(StoreError, match=f"schema_version {version.decode()}, this code "):
+            read_manifests(store.path)
 
 
 def test_stats_count_samples_rejects_and_classes(tmp_path):

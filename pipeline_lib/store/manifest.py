@@ -5,6 +5,9 @@ A shard's manifest file is its commit record: a shard exists for readers exactly
 needs (seed, prompts, steps, guidance, scheduler, model hashes) plus its class fractions,
 QA scores and checksums. Shard-level facts (attempts, rejects by reason, the generation
 config) live in the file's key-value metadata.
+
+Version 2 added the nullable ``dup_distance`` and ``agreement_miou`` columns; version 1
+files still read, with those columns null.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from pipeline_lib.errors import ShardNotFoundError, StoreError
 from pipeline_lib.store.durable import fsync_dir, fsync_file, refused_write
 
 # Bump on any change to MANIFEST_SCHEMA; readers refuse versions they do not know.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this code reads: each older one lacks only nullable columns, read as nulls.
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 MANIFEST_DIR = "manifests"
 FRACTION_COLUMNS: tuple[str, ...] = tuple(f"frac_{name}" for name in CLASS_NAMES)
 _SHARD_FILE = re.compile(r"^shard-(\d{5,})\.parquet$")
@@ -59,6 +64,16 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("off_palette_share", pa.float32()),
         pa.field("small_fragment_share", pa.float32()),
         pa.field("min_fragment_pixels", pa.int64(), metadata={"doc": "smallest fragment's size"}),
+        pa.field(
+            "dup_distance",
+            pa.float32(),
+            metadata={"doc": "label distance to the nearest earlier sample; null: none compared"},
+        ),
+        pa.field(
+            "agreement_miou",
+            pa.float32(),
+            metadata={"doc": "segmenter-vs-label mIoU; null: not measured"},
+        ),
         pa.field("label_sha256", pa.string(), nullable=False),
         pa.field("image_sha256", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -136,7 +151,7 @@ def read_manifest(store: str | Path, shard_id: int) -> pa.Table:
     except (pa.ArrowException, OSError) as error:
         raise _unreadable(path, error) from error
     _check_version(path, table.schema)
-    return table
+    return _with_current_columns(table)
 
 
 def read_shard_meta(store: str | Path, shard_id: int) -> dict[str, Any]:
@@ -190,10 +205,19 @@ def _unreadable(path: Path, error: Exception) -> StoreError:
     )
 
 
+def _with_current_columns(table: pa.Table) -> pa.Table:
+    """An older version's table with the columns added since, as nulls, in schema order."""
+    for column in MANIFEST_SCHEMA:
+        if column.name not in table.column_names:
+            table = table.append_column(column, pa.nulls(table.num_rows, column.type))
+    return table.select(MANIFEST_SCHEMA.names)
+
+
 def _check_version(path: Path, schema: pa.Schema) -> None:
     found = (schema.metadata or {}).get(b"schema_version", b"?").decode()
-    if found != str(SCHEMA_VERSION):
+    if found not in {str(v) for v in READABLE_VERSIONS}:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise StoreError(
-            f"{path}: manifest schema_version {found}, this code reads {SCHEMA_VERSION}; "
+            f"{path}: manifest schema_version {found}, this code reads {readable}; "
             "upgrade the code or migrate the store"
         )
