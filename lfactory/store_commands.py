@@ -141,7 +141,8 @@ def repair(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
 
 @store_app.command("stats")
 def stats(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
-    """Counts, class fractions, QA and reject rates, from the manifests."""
+    """Counts, class fractions (against generation.class_targets), QA and reject rates,
+    from the manifests."""
     s = store_stats(store)
     typer.echo(
         f"{store}: {s.samples} samples in {s.shards} shard(s), {s.attempts} draws, "
@@ -156,7 +157,9 @@ def stats(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
     typer.echo("  styles: " + ", ".join(f"{k} {v}" for k, v in sorted(s.styles.items())))
     typer.echo("  class fractions:")
     for name, share in s.class_fractions.items():
-        typer.echo(f"    {name:<12} {share:.4f}")
+        target = s.class_targets.get(name)
+        against = "" if target is None else f"  target {target:.4f} ({share - target:+.4f})"
+        typer.echo(f"    {name:<12} {share:.4f}{against}")
 
 
 @store_app.command("export")

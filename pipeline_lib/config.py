@@ -29,6 +29,7 @@ from pipeline_lib.choices import (
     SCHEDULER_CLASSES,
     SEGMENTERS,
 )
+from pipeline_lib.data.classes import CLASS_NAMES
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.models.presets import LORA_TARGETS, PRESETS
 
@@ -175,6 +176,16 @@ class QAConfig(Section):
     palette_tolerance: int = Field(24, ge=0, le=255)
     min_fragment_pixels: int = Field(4, ge=1)
     max_small_fragment_share: float = Field(0.05, ge=0, le=1)
+    min_label_distance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="reject a label (near_duplicate) whose layout differs from a committed or "
+        "already kept one in fewer than this share of duplicate_grid cells; 0: off",
+    )
+    duplicate_grid: int = Field(
+        8, ge=1, le=256, description="cells per side of the layout a near-duplicate is judged on"
+    )
 
 
 class GenerationConfig(Section):
@@ -201,12 +212,36 @@ class GenerationConfig(Section):
         "float32", description="weights and activations on CUDA; CPU always uses float32"
     )
     qa: QAConfig = Field(default_factory=QAConfig)
+    class_targets: dict[str, float] = Field(
+        default_factory=dict,
+        description="share of labelled pixels the store should reach per class name "
+        "(e.g. barren: 0.06); generation keeps the draws that move the store toward them",
+    )
+    target_oversample: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="with class_targets: each kept label is the best of about this many "
+        "QA-passing draws (attempts grow by this factor)",
+    )
 
     @model_validator(mode="after")
     def _has_style(self) -> GenerationConfig:
         if not self.styles:
             raise ValueError("styles must declare at least one style")
         return self
+
+    @field_validator("class_targets")
+    @classmethod
+    def _known_shares(cls, targets: dict[str, float]) -> dict[str, float]:
+        for name, share in targets.items():
+            if name not in CLASS_NAMES:
+                raise ValueError(f"unknown class {name!r}; classes: {', '.join(CLASS_NAMES)}")
+            if not 0 <= share <= 1:
+                raise ValueError(f"{name}: a share lies in 0..1, got {share}")
+        if sum(targets.values()) > 1:
+            raise ValueError(f"the shares sum to {sum(targets.values()):g}; at most 1")
+        return targets
 
 
 class GeoConfig(Section):

@@ -47,10 +47,12 @@ def publish_shard(name: str, result: ShardResult) -> None:
         "reject reasons": ", ".join(f"{k}: {v}" for k, v in result.reasons.items()) or "-",
     }
     row.update({k: round(v, 4) for k, v in result.class_fractions.items()})
+    row.update({f"{k} target": round(v, 4) for k, v in result.class_targets.items()})
     create_table_artifact(
         table=[row],
         key=_key(name, "shard", f"{result.shard_id:05d}"),
-        description=f"{name}: shard {result.shard_id} (samples, rejects, class fractions)",
+        description=f"{name}: shard {result.shard_id} (samples, rejects, class fractions "
+        "and their targets)",
     )
 
 

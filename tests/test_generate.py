@@ -157,11 +157,12 @@ def test_class_targets_steer_a_tiny_store_whose_samples_regenerate(tmp_path, mod
     assert barren["steered"] == pytest.approx(0.94, abs=0.01)
     assert abs(barren["plain"] - 0.94) > 0.01
 
-    # A steered image batch holds the kept labels of its label batch, whichever they were.
+    # A steered image batch holds the kept labels of its label batch, whichever they were;
+    # regenerate builds its generator from the shard's recorded config, targets included.
     table = read_manifests(steered.store.path)
     assert table["attempt"].to_pylist() != [0, 1, 2] * 2
     for row in table.to_pylist()[:2]:
-        assert regenerate(steered.store.path, row["sample_id"], generator=generator).identical
+        assert regenerate(steered.store.path, row["sample_id"]).identical
 
 
 @pytest.mark.slow

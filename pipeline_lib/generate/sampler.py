@@ -30,11 +30,14 @@ from pipeline_lib.data.classes import LABEL_COLOURS
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.generate.concat_pipeline import LabelConcatPipeline
+from pipeline_lib.generate.duplicates import DuplicateFilter
 from pipeline_lib.generate.qa import LabelQA, score_label
 from pipeline_lib.generate.seeds import image_seed, pick_style, sample_id, sample_seed
+from pipeline_lib.generate.selection import Candidate, ClassSteering, fraction_vector, select
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import CONTROLNET_SUBDIR, load_controlnet, load_sd_components
 from pipeline_lib.store.shard_writer import ShardData
+from pipeline_lib.store.store import SampleStore
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +243,9 @@ class Generator:
                 self.label_pipe.enable_lora()
         return _to_uint8(out)
 
-    def record(self, shard_id: int, draw: Draw, qa: LabelQA) -> dict[str, Any]:
+    def record(
+        self, shard_id: int, draw: Draw, qa: LabelQA, dup_distance: float | None = None
+    ) -> dict[str, Any]:
         """The manifest fields this generator knows about one kept sample."""
         gen = self.cfg.generation
         return {
@@ -260,6 +265,7 @@ class Generator:
             "off_palette_share": qa.off_palette_share,
             "small_fragment_share": qa.small_fragment_share,
             "min_fragment_pixels": qa.min_fragment_pixels,
+            "dup_distance": dup_distance,
         }
 
     def run_config(self) -> dict[str, Any]:
@@ -277,38 +283,57 @@ class Generator:
 
     # ------------------------------------------------------------------ shards
 
-    def generate_shard(self, shard_id: int, n: int) -> ShardData:
-        """Draw batches until ``n`` labels pass QA or ``n * max_attempts_per_sample`` draws."""
+    def generate_shard(self, shard_id: int, n: int, store: SampleStore | None = None) -> ShardData:
+        """Draw rounds of batches until ``n`` labels are kept or the attempts run out.
+
+        A label is kept when it passes QA and :func:`selection.select` picks it: toward
+        ``generation.class_targets`` and away from near-duplicates of the committed
+        samples of ``store`` (None: a store without samples).
+        """
         gen = self.cfg.generation
         size = gen.batch_size
-        limit = n * gen.max_attempts_per_sample
-        kept_draws: list[Draw] = []
-        kept_qa: list[LabelQA] = []
+        targets = gen.class_targets
+        # Without class targets a round is one batch and every passing label is kept.
+        oversample = gen.target_oversample if targets else 1
+        steering = ClassSteering.for_store(store, targets) if targets else None
+        duplicates = DuplicateFilter.for_store(
+            store, gen.qa.min_label_distance, gen.qa.duplicate_grid
+        )
+        limit = n * gen.max_attempts_per_sample * oversample
+        kept: list[tuple[Draw, LabelQA, float | None]] = []
         masks: list[np.ndarray] = []
         images: list[np.ndarray] = []
         rejected: Counter[str] = Counter()
         attempts = 0
-        while len(kept_draws) < n and attempts < limit:
+        while len(kept) < n and attempts < limit:
             # Whole batches only: batch b always holds attempts [b*size, (b+1)*size).
-            draws = [self.draw(shard_id, a) for a in range(attempts, attempts + size)]
-            attempts += size
-            batch_draws, batch_masks, batch_qa = [], [], []
-            for draw, (_, mask, qa) in zip(draws, self.sample_labels(draws), strict=True):
-                if not qa.kept:
-                    rejected[qa.reason] += 1
-                elif len(kept_draws) + len(batch_draws) < n:
-                    batch_draws.append(draw)
-                    batch_masks.append(mask)
-                    batch_qa.append(qa)
-            images.extend(self.sample_images(batch_draws, batch_masks))
-            kept_draws += batch_draws
-            kept_qa += batch_qa
-            masks += batch_masks
-        if len(kept_draws) < n:
+            draws = [self.draw(shard_id, a) for a in range(attempts, attempts + oversample * size)]
+            attempts += len(draws)
+            labels: list[tuple[np.ndarray, LabelQA]] = []
+            for start in range(0, len(draws), size):
+                batch = draws[start : start + size]
+                labels += [(mask, verdict) for _, mask, verdict in self.sample_labels(batch)]
+            candidates = []
+            for key, (mask, verdict) in enumerate(labels):
+                if verdict.kept:
+                    candidates.append(Candidate(key, mask, fraction_vector(mask)))
+                else:
+                    rejected[verdict.reason] += 1
+            chosen, dropped = select(candidates, n - len(kept), oversample, steering, duplicates)
+            rejected.update(dropped)
+            distance_of = {c.key: distance for c, distance in chosen}
+            for start in range(0, len(draws), size):
+                # The image batch holds exactly the batch's kept labels, in attempt order.
+                keys = [k for k in range(start, start + size) if k in distance_of]
+                batch_masks = [labels[k][0] for k in keys]
+                images.extend(self.sample_images([draws[k] for k in keys], batch_masks))
+                masks += batch_masks
+                kept += [(draws[k], labels[k][1], distance_of[k]) for k in keys]
+        if len(kept) < n:
             log.warning(
-                "shard %d: only %d of %d labels passed QA in %d draws",
+                "shard %d: only %d of %d labels were kept in %d draws",
                 shard_id,
-                len(kept_draws),
+                len(kept),
                 n,
                 attempts,
             )
@@ -317,9 +342,7 @@ class Generator:
             shard_id=shard_id,
             images=np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8),
             labels=np.stack(masks) if masks else np.zeros((0, res, res), np.uint8),
-            rows=tuple(
-                self.record(shard_id, d, q) for d, q in zip(kept_draws, kept_qa, strict=True)
-            ),
+            rows=tuple(self.record(shard_id, d, q, distance) for d, q, distance in kept),
             attempts=attempts,
             rejected=dict(rejected),
             config=self.run_config(),

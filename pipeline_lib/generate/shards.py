@@ -54,7 +54,7 @@ def stage_generated_shard(cfg: FactoryConfig, generator: Generator, shard_id: in
             dict(meta.get("rejected", {})),
             dict(meta.get("config", {})),
         )
-    return stage_shard(store, generator.generate_shard(shard_id, store.shard_size))
+    return stage_shard(store, generator.generate_shard(shard_id, store.shard_size, store))
 
 
 def commit_staged(cfg: FactoryConfig, staged: StagedShard) -> ShardResult:

@@ -221,3 +221,9 @@ def _check_version(path: Path, schema: pa.Schema) -> None:
             f"{path}: manifest schema_version {found}, this code reads {readable}; "
             "upgrade the code or migrate the store"
         )
+
+
+def recorded_class_targets(store: str | Path, shard_id: int) -> dict[str, float]:
+    """The ``generation.class_targets`` shard ``shard_id`` was generated toward ({}: none)."""
+    generation = read_shard_meta(store, shard_id).get("config", {}).get("generation", {})
+    return {str(k): float(v) for k, v in (generation.get("class_targets") or {}).items()}

@@ -25,6 +25,7 @@ from pipeline_lib.store.manifest import (
     manifest_path,
     read_manifest,
     read_shard_meta,
+    recorded_class_targets,
     sha256,
     write_manifest,
 )
@@ -60,6 +61,7 @@ class ShardResult:
     reasons: Mapping[str, int]
     class_fractions: Mapping[str, float]
     already_committed: bool = False
+    class_targets: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,13 @@ def shard_result(store: SampleStore, shard_id: int, already_committed: bool = Fa
         for name, c in zip(CLASS_NAMES, FRACTION_COLUMNS, strict=True)
     }
     return ShardResult(
-        shard_id, table.num_rows, sum(reasons.values()), reasons, fractions, already_committed
+        shard_id,
+        table.num_rows,
+        sum(reasons.values()),
+        reasons,
+        fractions,
+        already_committed,
+        recorded_class_targets(store.path, shard_id),
     )
 
 

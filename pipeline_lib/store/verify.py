@@ -17,6 +17,7 @@ from pipeline_lib.store.manifest import (
     manifest_path,
     read_manifest,
     read_shard_meta,
+    recorded_class_targets,
     sha256,
 )
 from pipeline_lib.store.store import SampleStore, store_lock
@@ -199,7 +200,8 @@ def repair_store(path: str | Path) -> list[Leftover]:
 
 @dataclass(frozen=True)
 class StoreStats:
-    """Counts, mean class fractions and QA / reject rates of a store."""
+    """Counts, mean class fractions (and the targets they are steered toward), QA and
+    reject rates of a store."""
 
     shards: int
     samples: int
@@ -210,6 +212,7 @@ class StoreStats:
     mean_off_palette_share: float = 0.0
     mean_small_fragment_share: float = 0.0
     styles: dict[str, int] = field(default_factory=dict)
+    class_targets: dict[str, float] = field(default_factory=dict)
 
     @property
     def reject_rate(self) -> float:
@@ -245,4 +248,6 @@ def store_stats(path: str | Path) -> StoreStats:
         mean_off_palette_share=mean("off_palette_share"),
         mean_small_fragment_share=mean("small_fragment_share"),
         styles=dict(styles),
+        # The newest shard's: what generation steers toward now.
+        class_targets=recorded_class_targets(store.path, shards[-1]) if shards else {},
     )
