@@ -11,7 +11,7 @@ from flows.generate import generate_shards
 from flows.train import train_models
 from flows.validate import validate_dataset
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.quality import matching_quota
+from pipeline_lib.quality import for_current_models, matching_quota
 from pipeline_lib.report.quality import QualityReport
 from tasks.artifacts import publish_quality
 from tasks.options import configured
@@ -25,7 +25,8 @@ def quality(config: FactoryConfig) -> QualityReport:
     for name, summary in train_models(config).items():
         seconds[f"train {name} (when trained)"] = summary.wall_time_s if summary else 0.0
     seconds["train (this run)"] = time.perf_counter() - began
-    config = matching_quota(config)  # counts the Train pixels that train_models prepared
+    # Counts the Train pixels that train_models prepared; names the store after the models.
+    config = for_current_models(matching_quota(config))
 
     began = time.perf_counter()
     generate_shards(config)  # validates once, at the quota

@@ -17,6 +17,9 @@ from pipeline_lib.config import FactoryConfig
 from pipeline_lib.data.classes import MAX_VALUE, fractions_from_counts
 from pipeline_lib.data.loveda import list_tiles, read_image, read_mask
 from pipeline_lib.errors import DataError
+from pipeline_lib.generate.sampler import controlnet_dir
+from pipeline_lib.hashing import json_digest
+from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.report.fidelity import label_fidelity
 from pipeline_lib.report.quality import (
     QualityReport,
@@ -58,6 +61,34 @@ def matching_quota(cfg: FactoryConfig) -> FactoryConfig:
     quota = cfg.quota.model_copy(update={"samples": samples, "validate_every": samples})
     validation = cfg.validation.model_copy(update={"data": ["gen", "ori", "both"]})
     return cfg.model_copy(update={"quota": quota, "validation": validation})
+
+
+def for_current_models(cfg: FactoryConfig) -> FactoryConfig:
+    """``cfg`` whose store and validation folders are named after the models and sampling
+    settings that fill the store.
+
+    A committed store is never topped up by other models: after a stage retrains, the
+    quality run draws a new store beside the old one (which stays, with its report) rather
+    than report on samples the old models drew.
+    """
+    digest = json_digest(
+        model_hash(cfg.models.base),
+        model_hash(cfg.label_lora.output),
+        model_hash(controlnet_dir(cfg)),
+        cfg.generation.model_dump(mode="json"),
+        length=10,
+    )
+    store = cfg.store.path
+    return cfg.model_copy(
+        update={
+            "store": cfg.store.model_copy(
+                update={"path": store.with_name(f"{store.stem}-{digest}{store.suffix}")}
+            ),
+            "validation": cfg.validation.model_copy(
+                update={"output": cfg.validation.output / f"models-{digest}"}
+            ),
+        }
+    )
 
 
 def _real_crops(root: Path, size: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -127,3 +127,32 @@ def test_a_fully_fine_tuned_label_model_is_what_the_generator_draws_with(
     assert generator.label_pipe.unet is not generator.image_pipe.unet
     drawn = generator.sample_labels([generator.draw(0, a) for a in range(2)])
     assert len(drawn) == 2 and drawn[0][1].shape == (32, 32)
+
+
+def test_a_retrained_label_model_or_new_sampling_gets_its_own_store(tmp_path):
+    from pipeline_lib.models.build import init_models
+    from pipeline_lib.quality import for_current_models
+
+    base = init_models(tmp_path / "sd", "tiny")
+    labels = tmp_path / "label-lora"
+    labels.mkdir()
+    (labels / "config.json").write_text('{"trained": 1}')
+
+    def named(**generation):
+        cfg = _config(
+            tmp_path,
+            tmp_path / "data",
+            models={"base": str(base)},
+            label_lora={"output": str(labels)},
+            generation={"resolution": 32, **generation},
+        )
+        return for_current_models(cfg)
+
+    first = named()
+    assert named().store.path == first.store.path  # a re-run tops up its own store
+    assert first.store.path.parent == first.work_dir and first.store.path.suffix == ".zarr"
+    assert named(label_steps=7).store.path != first.store.path
+    (labels / "config.json").write_text('{"trained": 2}')
+    retrained = named()
+    assert retrained.store.path != first.store.path
+    assert retrained.validation.output != first.validation.output
