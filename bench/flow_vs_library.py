@@ -71,8 +71,8 @@ def validate_step(config, step: int) -> None:
         run_data_name(name, folders, config.data.eval_root, cfg, work_dir, progress=False)
         for name, folders in sources.items()
     ]
-    assemble_report(results, work_dir)
-    if any(d in ("gen", "both") for d in cfg.data):
+    assemble_report(results, work_dir, cfg.mix_ratios)
+    if cfg.mix_ratios or any(d in ("gen", "both") for d in cfg.data):
         write_sample_grid(config.store.path, work_dir / "samples.png")
 
 

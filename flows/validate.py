@@ -1,4 +1,5 @@
-"""Flow: train Mask2Former on Gen. / Ori. / Gen.+Ori. and publish the research's table."""
+"""Flow: train Mask2Former on Gen. / Ori. / Gen.+Ori. (and each mixing ratio) and publish the
+research's table."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ def validate_dataset(config: FactoryConfig, quota_step: int | None = None) -> Va
     sources = gather_sources(config, quota_step)
     validate = configured(validate_data, config)
     results = [validate(config, name, folders, work_dir) for name, folders in sources.items()]
-    report = write_report(results, work_dir)
-    uses_gen = any(d in ("gen", "both") for d in config.validation.data)
+    report = write_report(results, work_dir, config.validation.mix_ratios)
+    uses_gen = bool(config.validation.mix_ratios) or any(
+        d in ("gen", "both") for d in config.validation.data
+    )
     grid = write_sample_grid(config.store.path, work_dir / "samples.png") if uses_gen else None
     publish_validation(config.name, report, quota_step, grid)
     return report

@@ -13,7 +13,12 @@ from pipeline_lib.config import load_config
 def validate(
     config: Annotated[Path, typer.Argument(help="factory YAML config")],
     data: Annotated[
-        str, typer.Option("--data", "-d", help="gen | ori | both | all (all = gen, ori, both)")
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="gen | ori | both | all (all = gen, ori, both and validation.mix_ratios)",
+        ),
     ] = "all",
     iters: Annotated[
         int | None, typer.Option("--iters", min=1, help="training iterations (overrides config)")
@@ -41,9 +46,11 @@ def validate(
     options = (*DATA_LABELS, "all")
     if data not in options:
         raise ConfigError(f"--data {data!r} is unknown; choose one of {', '.join(options)}")
-    overrides: dict = {}
+    overrides: dict = {"validation": {}}
     if iters is not None:
-        overrides["validation"] = {"iters": iters}
+        overrides["validation"]["iters"] = iters
+    if data != "all":
+        overrides["validation"]["mix_ratios"] = []  # one data name trains that row alone
     if eval_root is not None:
         overrides["data"] = {"eval_root": str(eval_root)}
     cfg = load_config(config, overrides)

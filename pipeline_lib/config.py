@@ -8,6 +8,7 @@ under ``work_dir``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,9 +17,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -293,6 +296,30 @@ class ValidationConfig(Section):
     pretrained_backbone: Path | None = None
     seed: int = 0
     output: Path | None = None
+    mix_ratios: list[float] = Field(
+        default_factory=list,
+        description="add a Gen.+Ori. row per ratio: all Ori. tiles plus the store's first "
+        "generated samples worth ratio x Ori.'s labelled pixels (e.g. [0.25, 0.5, 1, 2])",
+    )
+
+    @field_validator("mix_ratios")
+    @classmethod
+    def _positive_distinct_ratios(cls, ratios: list[float]) -> list[float]:
+        for ratio in ratios:
+            if not math.isfinite(ratio) or ratio <= 0:
+                raise ValueError(f"a mixing ratio is a positive number, got {ratio}")
+        if len(set(ratios)) != len(ratios):
+            raise ValueError(f"each ratio names one row; {ratios} repeats one")
+        return ratios
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_sweep(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without a sweep the dump is what it was before mix_ratios existed, so the
+        # validation and consistency cache keys and saved validation.json stay the same.
+        data = handler(self)
+        if not self.mix_ratios:
+            data.pop("mix_ratios", None)
+        return data
 
 
 class PrefectConfig(Section):

@@ -14,7 +14,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from pipeline_lib.report.iou_table import markdown_table
+from pipeline_lib.report.iou_table import markdown_table, mix_sweep_lines
 from pipeline_lib.report.quality import GRID_ALT, QualityReport
 from pipeline_lib.report.quality import markdown as quality_markdown
 from pipeline_lib.store.shard_writer import ShardResult
@@ -84,6 +84,9 @@ def publish_validation(
     if grid is not None:
         parts += ["## Generated samples (label | image)", "", _png_inline(grid, "samples"), ""]
     parts += ["## Per-class IoU", "", _png_inline(Path(report.files["bars"]), "IoU bars"), ""]
+    if "mix_plot" in report.files:
+        plot = _png_inline(Path(report.files["mix_plot"]), "mIoU against the mixing ratio")
+        parts += [*mix_sweep_lines(report, plot), ""]
     create_markdown_artifact(
         markdown="\n".join(parts),
         key=_key(name, "validation-report"),

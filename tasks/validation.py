@@ -22,16 +22,18 @@ from tasks.options import GPU_TAG, digest, refuse_on_oom
 
 @task(name="gather-sources", cache_policy=NO_CACHE)
 def gather_sources(config: FactoryConfig, samples: int | None) -> dict[str, list[Path]]:
-    """Each data name's LoveDA folders; Gen. is the store's first ``samples`` samples."""
+    """Each data name's LoveDA folders (then each mixing ratio's); Gen. is the store's first
+    ``samples`` samples."""
     return train_sources(config.validation.data, config, samples)
 
 
 def _validate_key(_: TaskRunContext, params: dict) -> str:
     config: FactoryConfig = params["config"]
     sources = [fingerprint(p) for p in params["sources"]]
+    # A row's model does not depend on which other ratios the sweep lists.
     return digest(
         "validate",
-        config.validation,
+        config.validation.model_dump(mode="json", exclude={"mix_ratios"}),
         params["name"],
         str(params["work_dir"]),
         sources,
@@ -55,5 +57,7 @@ def validate_data(
 
 
 @task(name="write-report", cache_policy=NO_CACHE)
-def write_report(results: list[ValidationResult], work_dir: Path) -> ValidationReport:
-    return assemble_report(results, work_dir)
+def write_report(
+    results: list[ValidationResult], work_dir: Path, mix_ratios: list[float]
+) -> ValidationReport:
+    return assemble_report(results, work_dir, mix_ratios)

@@ -260,6 +260,43 @@ def test_resume_continues_the_iteration_count_with_the_saved_weights(trained, tm
     assert (work / "iter_3.pth").is_file()
 
 
+@pytest.mark.slow
+def test_a_two_ratio_sweep_writes_one_row_per_ratio_and_names_the_best(
+    tmp_path: Path, one_torch_thread
+):
+    from store_fakes import fake_shard
+
+    from pipeline_lib.config import FactoryConfig
+    from pipeline_lib.store import commit_shard, create_or_open_store
+    from pipeline_lib.validate import run_validation, train_sources
+
+    # Ori.: 2 Train tiles of 64 x 56 labelled pixels = 1.75 samples of 64 px at ratio 1.
+    ori = make_tiny_loveda(tmp_path / "ori", 2, train=2, val=2)
+    store = create_or_open_store(tmp_path / "store.zarr", shard_size=4, height=TILE, width=TILE)
+    commit_shard(store, fake_shard(0, 3, size=TILE))
+    cfg = FactoryConfig(
+        work_dir=tmp_path / "w",
+        data={"root": ori},
+        generation={"resolution": TILE},
+        store={"path": tmp_path / "store.zarr"},
+        validation=tiny_config(mix_ratios=[1, 0.5]),
+    )
+    report = run_validation(
+        train_sources([], cfg), ori, cfg.validation, tmp_path / "out", progress=False
+    )
+
+    assert [r.data_name for r in report.rows] == ["Gen.+Ori. x0.5", "Gen.+Ori. x1"]
+    assert [r.train_samples for r in report.rows] == [1 + 2, 2 + 2]
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    best = max(report.rows, key=lambda r: r.miou)
+    assert data["best_mix_ratio"] == {"Gen.+Ori. x0.5": 0.5, "Gen.+Ori. x1": 1}[best.data_name]
+    assert (
+        f"Best ratio: **{data['best_mix_ratio']:g}**"
+        in (tmp_path / "out" / "report.md").read_text()
+    )
+    assert (tmp_path / "out" / "mix_miou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_training_key_changes_with_the_data_but_not_with_the_iteration_budget(tmp_path: Path):
     from pipeline_lib.validate.experiment import training_key
 

@@ -51,7 +51,48 @@ def markdown(report: ValidationReport) -> str:
         "mIoU is the mean over present classes and matches mmseg's IoUMetric.",
         "",
     ]
+    if report.mix_sweep is not None:
+        parts += [*mix_sweep_lines(report), ""]
     return "\n".join(parts)
+
+
+def mix_sweep_lines(report: ValidationReport, plot_image: str | None = None) -> list[str]:
+    """The mixing-ratio section: mIoU per ratio, the best one, what was left out, the plot
+    (``plot_image`` replaces the plot's file link, e.g. inline)."""
+    sweep = report.mix_sweep
+    if sweep is None:
+        return []
+    rows = {r.data_name: r for r in report.rows}
+    best = sweep.best_ratio
+    lines = [
+        "## Mixing ratios",
+        "",
+        "Gen.+Ori. on every Ori. tile plus the store's first generated samples holding "
+        "ratio x Ori.'s labelled pixels.",
+        "",
+        "| ratio | data | train samples | mIoU |",
+        "|---|---|---|---|",
+        *(
+            f"| {ratio:g} | {name} | {rows[name].train_samples} | {_cell(miou)} |"
+            for ratio, name, miou in zip(sweep.ratios, sweep.rows, sweep.miou, strict=True)
+        ),
+        "",
+        "Best ratio: "
+        + ("none scored" if best is None else f"**{best:g}** (mIoU {_cell(sweep.best_miou)})")
+        + ".",
+    ]
+    if sweep.skipped:
+        lines += [
+            "",
+            "Left out (this round had too few generated samples): "
+            + ", ".join(f"{r:g}" for r in sweep.skipped)
+            + ".",
+        ]
+    if plot_image is None and "mix_plot" in report.files:
+        plot_image = f"![mIoU against the mixing ratio]({Path(report.files['mix_plot']).name})"
+    if plot_image is not None:
+        lines += ["", plot_image]
+    return lines
 
 
 def write_markdown(report: ValidationReport, path: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from pipeline_lib.data.classes import CLASS_NAMES, PALETTE
 from pipeline_lib.data.loveda import write_png
 from pipeline_lib.report.fidelity import LabelFidelity
-from pipeline_lib.report.iou_table import markdown_table
+from pipeline_lib.report.iou_table import markdown_table, mix_sweep_lines
 from pipeline_lib.report.results import ValidationReport
 from pipeline_lib.validate.consistency import ConsistencyResult
 
@@ -49,7 +50,7 @@ class QualityReport:
 
     def to_json(self) -> dict[str, Any]:
         ori = self.row("Ori.")
-        return {
+        data = {
             "name": self.name,
             "table": self.validation.to_json(),
             "miou": {r.data_name: r.miou for r in self.validation.rows},
@@ -67,6 +68,9 @@ class QualityReport:
             "stage_seconds": self.stage_seconds,
             "files": self.files,
         }
+        if self.validation.mix_sweep is not None:
+            data["best_mix_ratio"] = self.validation.mix_sweep.best_ratio
+        return data
 
 
 def _finite(value: float) -> float | None:
@@ -136,8 +140,19 @@ def markdown(report: QualityReport, grid_image: str | None = None) -> str:
         "",
         grid_image or f"![{GRID_ALT}]({QUALITY_GRID})",
         "",
+        *_mix_section(report),
     ]
     return "\n".join(lines)
+
+
+def _mix_section(report: QualityReport) -> list[str]:
+    # The plot lies in the validation folder; link it from where quality.md is written.
+    plot = report.validation.files.get("mix_plot")
+    if report.validation.mix_sweep is None or plot is None:
+        return []
+    here = Path(report.files.get("markdown", plot)).parent
+    link = f"![mIoU against the mixing ratio]({os.path.relpath(plot, here)})"
+    return [*mix_sweep_lines(report.validation, link), ""]
 
 
 def _fmt(value: float | None) -> str:

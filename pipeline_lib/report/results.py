@@ -51,6 +51,36 @@ class ValidationResult:
 
 
 @dataclass(frozen=True)
+class MixSweep:
+    """Gen.+Ori. mIoU at each mixing ratio (validation.mix_ratios), in ascending ratio."""
+
+    ratios: tuple[float, ...]  # those with a row
+    rows: tuple[str, ...]  # their data names, e.g. "Gen.+Ori. x0.5"
+    miou: tuple[float, ...]
+    skipped: tuple[float, ...] = ()  # configured ratios this round had too few samples for
+
+    @property
+    def best_ratio(self) -> float | None:
+        """The ratio of the highest mIoU; a tie goes to the smaller ratio (fewer samples)."""
+        scored = [(m, -r) for r, m in zip(self.ratios, self.miou, strict=True) if not math.isnan(m)]
+        return -max(scored)[1] if scored else None
+
+    @property
+    def best_miou(self) -> float:
+        best = self.best_ratio
+        return math.nan if best is None else self.miou[self.ratios.index(best)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ratios": list(self.ratios),
+            "rows": list(self.rows),
+            "miou": [_nan_to_none(m) for m in self.miou],
+            "skipped": list(self.skipped),
+            "best_ratio": self.best_ratio,
+        }
+
+
+@dataclass(frozen=True)
 class ValidationReport:
     """Gen./Ori./Gen.+Ori. rows of per-class IoU and mIoU, and where they were written."""
 
@@ -60,9 +90,10 @@ class ValidationReport:
     eval_samples: int
     classes: tuple[str, ...] = CLASS_NAMES
     files: dict[str, str] = field(default_factory=dict)
+    mix_sweep: MixSweep | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "eval_root": self.eval_root,
             "eval_split": self.eval_split,
             "eval_samples": self.eval_samples,
@@ -71,6 +102,10 @@ class ValidationReport:
             "rows": [r.to_json() for r in self.rows],
             "files": dict(self.files),
         }
+        if self.mix_sweep is not None:
+            data["mix_sweep"] = self.mix_sweep.to_json()
+            data["best_mix_ratio"] = self.mix_sweep.best_ratio
+        return data
 
 
 def _nan_to_none(value: float) -> float | None:

@@ -1,8 +1,8 @@
 """The Gen / Ori / Gen+Ori experiment: one model per data name, then one report.
 
 ``run_data_name`` trains and scores one row (a Prefect task can run each separately);
-``assemble_report`` writes report.json, report.md and iou_bars.png from the rows;
-``run_validation`` does both in one call.
+``assemble_report`` writes report.json, report.md and iou_bars.png from the rows (and
+mix_miou.png over the mixing-ratio rows); ``run_validation`` does both in one call.
 """
 
 from __future__ import annotations
@@ -11,16 +11,18 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pipeline_lib.config import ValidationConfig
 from pipeline_lib.errors import DataError
 from pipeline_lib.report.bar_chart import write_iou_bars
 from pipeline_lib.report.iou_table import write_json, write_markdown
+from pipeline_lib.report.mix_plot import write_mix_plot
 from pipeline_lib.report.results import ValidationReport, ValidationResult
 from pipeline_lib.validate import mmseg_data
 from pipeline_lib.validate.metrics import mean_iou, pixel_accuracy
+from pipeline_lib.validate.mixing import mix_sweep
 from pipeline_lib.validate.steps import REPORT_FILE
 
 log = logging.getLogger(__name__)
@@ -148,8 +150,11 @@ def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:10]
 
 
-def assemble_report(results: Sequence[ValidationResult], output_dir: Path) -> ValidationReport:
-    """Write report.json, report.md and iou_bars.png for the rows, in the given order."""
+def assemble_report(
+    results: Sequence[ValidationResult], output_dir: Path, mix_ratios: Iterable[float] = ()
+) -> ValidationReport:
+    """Write report.json, report.md and iou_bars.png for the rows, in the given order;
+    with ``mix_ratios``, also the sweep over their rows, its best ratio and mix_miou.png."""
     if not results:
         raise DataError("no validation results to report; run at least one data name first")
     roots = {(r.eval_root, r.eval_split) for r in results}
@@ -165,16 +170,23 @@ def assemble_report(results: Sequence[ValidationResult], output_dir: Path) -> Va
         "markdown": output_dir / "report.md",
         "bars": output_dir / "iou_bars.png",
     }
+    sweep = mix_sweep(results, mix_ratios)
+    if sweep is not None:
+        files["mix_plot"] = output_dir / "mix_miou.png"
     report = ValidationReport(
         rows=tuple(results),
         eval_root=results[0].eval_root,
         eval_split=results[0].eval_split,
         eval_samples=results[0].eval_samples,
         files={k: str(v) for k, v in files.items()},
+        mix_sweep=sweep,
     )
     write_json(report, files["json"])
     write_markdown(report, files["markdown"])
     write_iou_bars(report, files["bars"])
+    if sweep is not None:
+        write_mix_plot(report, files["mix_plot"])
+        log.info("best mixing ratio: %s", sweep.best_ratio)
     log.info("validation report written to %s", files["markdown"])
     return report
 
@@ -186,9 +198,10 @@ def run_validation(
     work_dir: Path,
     progress: bool = True,
 ) -> ValidationReport:
-    """Train one model per data name (e.g. Gen./Ori./Gen.+Ori.) and write the report there."""
+    """Train one model per data name (e.g. Gen./Ori./Gen.+Ori., the mixing ratios' rows) and
+    write the report there."""
     results = [
         run_data_name(name, sources, eval_root, cfg, work_dir, progress)
         for name, sources in train_sources.items()
     ]
-    return assemble_report(results, Path(work_dir))
+    return assemble_report(results, Path(work_dir), cfg.mix_ratios)

@@ -9,29 +9,36 @@ from pathlib import Path
 from pipeline_lib.choices import DATA_LABELS
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.errors import StoreError
+from pipeline_lib.validate.mixing import mix_sources
 
 log = logging.getLogger(__name__)
 
 # The data choices (config validation.data, lfactory validate --data) and their row names.
 
 
-def export_generated(cfg: FactoryConfig, samples: int | None = None) -> Path:
-    """Export the store's first ``samples`` committed samples (all when None) to a LoveDA
-    Train folder, once per sample count: a quota step validates exactly its own samples."""
+def usable_samples(cfg: FactoryConfig, samples: int | None = None) -> int:
+    """How many committed samples a round may train on: the store's, at most ``samples``."""
     store = Path(cfg.store.path)
     if not store.exists():
         raise StoreError(
             f"{store}: no generated store yet; run `lfactory generate CONFIG` "
             "(or `lfactory run CONFIG`) first, or validate with --data ori"
         )
-    from pipeline_lib.store.export import export_store
     from pipeline_lib.store.store import committed_count
 
     count = committed_count(store)
-    if samples is not None:
-        count = min(count, samples)
+    return count if samples is None else min(count, samples)
+
+
+def export_generated(cfg: FactoryConfig, samples: int | None = None) -> Path:
+    """Export the store's first ``samples`` committed samples (all when None) to a LoveDA
+    Train folder, once per sample count: a quota step validates exactly its own samples."""
+    count = usable_samples(cfg, samples)
+    store = Path(cfg.store.path)
     if count == 0:
         raise StoreError(f"{store}: no committed samples yet; generate some before validating gen")
+    from pipeline_lib.store.export import export_store
+
     out = Path(cfg.validation.output) / "generated" / f"{store.name}-{count}"
     if not out.is_dir():
         log.info("exporting %d generated samples from %s to %s", count, store, out)
@@ -42,9 +49,15 @@ def export_generated(cfg: FactoryConfig, samples: int | None = None) -> Path:
 def train_sources(
     choices: Iterable[str], cfg: FactoryConfig, samples: int | None = None
 ) -> dict[str, list[Path]]:
-    """Map each chosen data name to its release-layout folders, e.g. {"Gen.+Ori.": [gen, ori]}."""
+    """Map each chosen data name to its release-layout folders, e.g. {"Gen.+Ori.": [gen, ori]},
+    then each of ``validation.mix_ratios`` the round's samples can fill ("Gen.+Ori. x0.5")."""
     choices = list(dict.fromkeys(choices))
     generated = export_generated(cfg, samples) if {"gen", "both"} & set(choices) else None
     original = Path(cfg.data.root)
     folders = {"gen": [generated], "ori": [original], "both": [generated, original]}
-    return {DATA_LABELS[c]: folders[c] for c in choices}
+    sources = {DATA_LABELS[c]: folders[c] for c in choices}
+    ratios = cfg.validation.mix_ratios
+    if ratios:
+        available = usable_samples(cfg, samples)
+        sources |= mix_sources(ratios, cfg, available, lambda n: export_generated(cfg, n))
+    return sources
