@@ -7,7 +7,6 @@ Training, generation and validation are the factory's ordinary steps; ``lfactory
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from pipeline_lib.report.quality import (
 from pipeline_lib.report.results import ValidationReport
 from pipeline_lib.store.store import SampleStore
 from pipeline_lib.validate.consistency import ConsistencyResult
+from pipeline_lib.validate.mixing import mix_samples
 
 GRID_ROWS = 8
 
@@ -57,7 +57,7 @@ def matching_quota(cfg: FactoryConfig) -> FactoryConfig:
     train = split_stats(Path(cfg.data.root), "Train")
     if train.pixels == 0:
         raise DataError(f"{cfg.data.root}: no labelled Train pixels to match")
-    samples = math.ceil(train.pixels / cfg.generation.resolution**2)
+    samples = mix_samples(1, train.pixels, cfg.generation.resolution)
     quota = cfg.quota.model_copy(update={"samples": samples, "validate_every": samples})
     validation = cfg.validation.model_copy(update={"data": ["gen", "ori", "both"]})
     return cfg.model_copy(update={"quota": quota, "validation": validation})
