@@ -189,6 +189,25 @@ class QAConfig(Section):
     duplicate_grid: int = Field(
         8, ge=1, le=256, description="cells per side of the layout a near-duplicate is judged on"
     )
+    min_agreement: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="reject a pair (disagreement) when agreement_model's prediction on its "
+        "image scores an mIoU below this against its label, over the label's classes; 0: off",
+    )
+    agreement_model: Path | None = Field(
+        None,
+        description="the agreement filter's segmenter: a validation step folder (its Ori. "
+        "row) or a checkpoint file; unset: the Ori. model of the newest finished validation "
+        "under validation.output",
+    )
+
+    @field_validator("agreement_model")
+    @classmethod
+    def _absolute_model(cls, path: Path | None) -> Path | None:
+        # Absolute at load: a flow may run the generation from another working directory.
+        return None if path is None else path.expanduser().absolute()
 
 
 class GenerationConfig(Section):

@@ -73,6 +73,7 @@ class DuplicateFilter:
         self.min_distance = min_distance
         self.grid = grid
         self._known = [known] if known is not None and len(known) else []
+        self._committed = len(self._known)
 
     @classmethod
     def for_store(
@@ -101,3 +102,13 @@ class DuplicateFilter:
         """Remember a kept label: later ones are compared with it too."""
         if self.enabled:
             self._known.append(label_signature(mask, self.grid)[None])
+
+    def forget(self, mask: np.ndarray) -> None:
+        """Forget the newest added label with ``mask``'s signature (a later check rejected it)."""
+        if not self.enabled:
+            return
+        signature = label_signature(mask, self.grid)[None]
+        for i in range(len(self._known) - 1, self._committed - 1, -1):
+            if np.array_equal(self._known[i], signature):
+                del self._known[i]
+                return

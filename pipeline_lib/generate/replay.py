@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from pipeline_lib.config import FactoryConfig, config_from_dict
 from pipeline_lib.errors import StoreError
+from pipeline_lib.generate.agreement import rejected_after_image
 from pipeline_lib.generate.sampler import Generator
 from pipeline_lib.store.manifest import read_manifest, read_shard_meta, sha256
 from pipeline_lib.store.store import SampleStore
@@ -73,7 +74,9 @@ def regenerate(
     """Replay the label batch and the image batch that produced ``sample_id``.
 
     Replaying whole batches (not the sample alone) keeps the result bit-identical on CPU
-    even where batched kernels round differently from single-sample ones.
+    even where batched kernels round differently from single-sample ones. The image batch
+    held the batch's kept attempts and those the agreement filter rejected after drawing
+    (the shard's config lists them); the filter itself does not run again.
     """
     sample_store = SampleStore(store)
     _, _, row = sample_store.read_sample(sample_id)
@@ -90,16 +93,18 @@ def regenerate(
         )
     size = row["batch_size"]
     start = row["attempt"] // size * size
-    draws = [generator.draw(shard_id, a) for a in range(start, start + size)]
+    batch = range(start, start + size)
+    draws = [generator.draw(shard_id, a) for a in batch]
     labels = generator.sample_labels(draws)
     shard = read_manifest(sample_store.path, shard_id)
     in_batch = shard.filter(
         pc.and_(pc.greater_equal(shard["attempt"], start), pc.less(shard["attempt"], start + size))
     )
-    kept = sorted(in_batch["attempt"].to_pylist())
-    position = kept.index(row["attempt"])
-    masks = [labels[a - start][1] for a in kept]
-    images = generator.sample_images([draws[a - start] for a in kept], masks)
+    rejected = rejected_after_image(read_shard_meta(sample_store.path, shard_id).get("config", {}))
+    drawn = sorted({*in_batch["attempt"].to_pylist(), *rejected.intersection(batch)})
+    position = drawn.index(row["attempt"])
+    masks = [labels[a - start][1] for a in drawn]
+    images = generator.sample_images([draws[a - start] for a in drawn], masks)
     label, image = masks[position], images[position]
     return Regenerated(
         sample_id,

@@ -2,8 +2,10 @@
 
 A :class:`Generator` loads the pipelines once and keeps them across shards. Draws are
 made in batches of ``generation.batch_size`` attempts; attempt ``a`` of a shard always
-lies in the batch ``a // batch_size``, and the image batch holds exactly the kept labels
-of that batch, so :func:`regenerate` can replay a sample's batches bit for bit.
+lies in the batch ``a // batch_size``, and the image batch holds exactly the selected
+labels of that batch: the kept ones, and those the agreement filter rejected once their
+image was drawn (the shard records which), so :func:`regenerate` can replay a sample's
+batches bit for bit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +32,18 @@ from pipeline_lib.config import FactoryConfig, GenerationConfig
 from pipeline_lib.data.classes import LABEL_COLOURS
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import CheckpointError
+from pipeline_lib.generate.agreement import DISAGREEMENT, AgreementFilter
 from pipeline_lib.generate.concat_pipeline import LabelConcatPipeline
 from pipeline_lib.generate.duplicates import DuplicateFilter
 from pipeline_lib.generate.qa import LabelQA, score_label
 from pipeline_lib.generate.seeds import image_seed, pick_style, sample_id, sample_seed
-from pipeline_lib.generate.selection import Candidate, ClassSteering, fraction_vector, select
+from pipeline_lib.generate.selection import (
+    Candidate,
+    ClassSteering,
+    fraction_vector,
+    release,
+    select,
+)
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import CONTROLNET_SUBDIR, load_controlnet, load_sd_components
 from pipeline_lib.store.shard_writer import ShardData
@@ -168,6 +178,12 @@ class Generator:
             cn_dir,
         )
 
+    @cached_property
+    def agreement(self) -> AgreementFilter:
+        """The agreement filter, its segmenter loaded on first use: once per generator, and
+        never by regenerate, which replays the kept attempts without judging them again."""
+        return AgreementFilter.for_config(self.cfg, str(self.device))
+
     # ------------------------------------------------------------------ draws
 
     def draw(self, shard_id: int, attempt: int) -> Draw:
@@ -244,7 +260,12 @@ class Generator:
         return _to_uint8(out)
 
     def record(
-        self, shard_id: int, draw: Draw, qa: LabelQA, dup_distance: float | None = None
+        self,
+        shard_id: int,
+        draw: Draw,
+        qa: LabelQA,
+        dup_distance: float | None = None,
+        agreement: float | None = None,
     ) -> dict[str, Any]:
         """The manifest fields this generator knows about one kept sample."""
         gen = self.cfg.generation
@@ -266,6 +287,7 @@ class Generator:
             "small_fragment_share": qa.small_fragment_share,
             "min_fragment_pixels": qa.min_fragment_pixels,
             "dup_distance": dup_distance,
+            "agreement_miou": agreement,
         }
 
     def run_config(self) -> dict[str, Any]:
@@ -288,7 +310,8 @@ class Generator:
 
         A label is kept when it passes QA and :func:`selection.select` picks it: toward
         ``generation.class_targets`` and away from near-duplicates of the committed
-        samples of ``store`` (None: a store without samples).
+        samples of ``store`` (None: a store without samples); and, once its image is
+        drawn, when the agreement filter finds the pair consistent.
         """
         gen = self.cfg.generation
         size = gen.batch_size
@@ -299,8 +322,10 @@ class Generator:
         duplicates = DuplicateFilter.for_store(
             store, gen.qa.min_label_distance, gen.qa.duplicate_grid
         )
+        agreement = self.agreement
         limit = n * gen.max_attempts_per_sample * oversample
-        kept: list[tuple[Draw, LabelQA, float | None]] = []
+        kept: list[tuple[Draw, LabelQA, float | None, float | None]] = []
+        disagreeing: list[int] = []
         masks: list[np.ndarray] = []
         images: list[np.ndarray] = []
         rejected: Counter[str] = Counter()
@@ -321,14 +346,26 @@ class Generator:
                     rejected[verdict.reason] += 1
             chosen, dropped = select(candidates, n - len(kept), oversample, steering, duplicates)
             rejected.update(dropped)
-            distance_of = {c.key: distance for c, distance in chosen}
+            chosen_by_key = {c.key: (c, distance) for c, distance in chosen}
             for start in range(0, len(draws), size):
-                # The image batch holds exactly the batch's kept labels, in attempt order.
-                keys = [k for k in range(start, start + size) if k in distance_of]
+                # The image batch holds exactly the batch's selected labels, in attempt order.
+                keys = [k for k in range(start, start + size) if k in chosen_by_key]
                 batch_masks = [labels[k][0] for k in keys]
-                images.extend(self.sample_images([draws[k] for k in keys], batch_masks))
-                masks += batch_masks
-                kept += [(draws[k], labels[k][1], distance_of[k]) for k in keys]
+                batch_images = self.sample_images([draws[k] for k in keys], batch_masks)
+                scores = agreement.scores(batch_images, batch_masks)
+                for k, mask, image, score in zip(
+                    keys, batch_masks, batch_images, scores, strict=True
+                ):
+                    candidate, distance = chosen_by_key[k]
+                    if agreement.rejects(score):
+                        # Its noise was its own: no other attempt's draw changes.
+                        rejected[DISAGREEMENT] += 1
+                        disagreeing.append(draws[k].attempt)
+                        release(candidate, steering, duplicates)
+                        continue
+                    masks.append(mask)
+                    images.append(image)
+                    kept.append((draws[k], labels[k][1], distance, score))
         if len(kept) < n:
             log.warning(
                 "shard %d: only %d of %d labels were kept in %d draws",
@@ -342,8 +379,8 @@ class Generator:
             shard_id=shard_id,
             images=np.stack(images) if images else np.zeros((0, res, res, 3), np.uint8),
             labels=np.stack(masks) if masks else np.zeros((0, res, res), np.uint8),
-            rows=tuple(self.record(shard_id, d, q, distance) for d, q, distance in kept),
+            rows=tuple(self.record(shard_id, *sample) for sample in kept),
             attempts=attempts,
             rejected=dict(rejected),
-            config=self.run_config(),
+            config={**self.run_config(), **agreement.shard_record(disagreeing)},
         )

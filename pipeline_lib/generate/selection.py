@@ -73,6 +73,10 @@ class ClassSteering:
         self.count += 1
         self.sums = self.sums + fractions
 
+    def remove(self, fractions: np.ndarray) -> None:
+        self.count -= 1
+        self.sums = self.sums - fractions
+
 
 def select(
     candidates: Sequence[Candidate],
@@ -106,3 +110,13 @@ def select(
     if steering is not None and pool:
         rejected[OFF_TARGET] += len(pool)
     return kept, rejected
+
+
+def release(
+    candidate: Candidate, steering: ClassSteering | None, duplicates: DuplicateFilter
+) -> None:
+    """Undo :func:`select`'s keeping of ``candidate``, which a later check (the agreement
+    filter, after its image was drawn) rejected: later picks no longer count it."""
+    duplicates.forget(candidate.mask)
+    if steering is not None:
+        steering.remove(candidate.fractions)

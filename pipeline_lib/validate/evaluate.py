@@ -1,7 +1,8 @@
 """Score an already trained Mask2Former on any LoveDA-layout folder, without training again.
 
 Used for consistency (the Ori. model on generated images, against the labels they were
-drawn from) and for validating trained segmenters on a user's own tiles.
+drawn from), for validating trained segmenters on a user's own tiles, and for predicting
+on images in memory (generation's agreement filter).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from pipeline_lib.config import ValidationConfig
@@ -48,6 +50,39 @@ def load_segmenter(cfg: ValidationConfig, checkpoint: Path) -> Any:
     trust_checkpoint_dir(checkpoint.parent)
     load_checkpoint(model, str(checkpoint), map_location="cpu", logger="silent")
     return model
+
+
+def predict_masks(model: Any, images: np.ndarray, cfg: ValidationConfig) -> np.ndarray:
+    """Raw LoveDA masks (N, H, W) uint8 that ``model`` predicts for RGB images (N, H, W, 3).
+
+    The images go through evaluation's own test pipeline (without TTA), so a prediction
+    here is the one scoring the same image from a PNG file would make.
+    """
+    if not len(images):
+        return np.zeros(images.shape[:3], np.uint8)
+    ensure_mmseg()
+    import torch
+    from mmcv.transforms import Compose
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmseg")
+    steps = mmseg_data.test_pipeline(cfg.crop_size, native_scale=cfg.scale_factors is not None)
+    steps = [
+        dict(step, type="LoadImageFromNDArray") if step["type"] == "LoadImageFromFile" else step
+        for step in steps
+        if step["type"] != "LoadAnnotations"
+    ]
+    pipeline = Compose(steps)
+    # A PNG loads as BGR (mmcv's default order); the model's preprocessor expects that.
+    packed = [pipeline(dict(img=np.ascontiguousarray(image[..., ::-1]))) for image in images]
+    batch = {key: [p[key] for p in packed] for key in ("inputs", "data_samples")}
+    model.eval()
+    with torch.no_grad():
+        outputs = model.test_step(batch)
+    # Train index 0..6 is raw value 1..7 (mmseg's reduce_zero_label).
+    return np.stack(
+        [o.pred_sem_seg.data.squeeze(0).cpu().numpy().astype(np.uint8) + 1 for o in outputs]
+    )
 
 
 def score_checkpoint(
