@@ -120,9 +120,11 @@ def regenerate(
 @store_app.command("verify")
 def verify(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
     """Re-read every committed sample against its sha256; list every problem and exit 2
-    on any; orphans (`store repair` removes them) do not fail it."""
+    on any; orphans (`store repair` removes them) and shards live writers hold do not fail it."""
     report = verify_store(store)
     typer.echo(f"{store}: {report.shards} shard(s), {report.samples} sample(s)")
+    for line in report.in_progress:
+        typer.echo(f"  in progress: {line}")
     for line in report.orphans:
         typer.echo(f"  orphan: {line}")
     report.require_ok()
@@ -132,7 +134,8 @@ def verify(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
 @store_app.command("repair")
 def repair(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
     """Delete what `store verify` lists as orphans (temp files, data of shards that never
-    committed); committed shards are never touched. Stop the store's writers first."""
+    committed, claims of dead writers); committed shards and shards live writers hold are
+    never touched."""
     removed = repair_store(store)
     for leftover in removed:
         typer.echo(f"  removed {leftover}")

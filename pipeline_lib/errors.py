@@ -52,6 +52,10 @@ class ShardNotFoundError(StoreError, FileNotFoundError):
     """A shard or sample id is not committed in the store."""
 
 
+class ShardClaimedError(StoreError, FileExistsError):
+    """Another live writer holds the shard's claim: it generates and commits that shard."""
+
+
 class StoreWriteError(StoreError, OSError):
     """The disk refused a store write (full, read-only, no permission); nothing was committed."""
 

@@ -3,13 +3,21 @@ steps a count of committed samples has reached."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline_lib.errors import FactoryError
+from pipeline_lib.errors import FactoryError, ShardClaimedError
+from pipeline_lib.store.claims import shard_is_claimed
 from pipeline_lib.store.shard_writer import ShardResult
 from pipeline_lib.store.store import committed_count, plan_shards
+
+log = logging.getLogger(__name__)
+
+# How often a run whose remaining shards other writers hold looks again.
+WAIT_POLL_S = 0.5
 
 
 def quota_steps_reached(committed: int, every: int, quota: int) -> list[int]:
@@ -49,21 +57,41 @@ def generate_to_quota(
 
     Rejected draws can leave a round short of the quota, so rounds repeat with new
     shards, until a whole round commits nothing (then QA rejects everything and more
-    rounds would not help). ``on_shard(result, committed)`` runs after each shard: the
-    CLI moves a progress bar there, the flow publishes artifacts and starts validations.
+    rounds would not help). ``on_shard(result, committed)`` runs after each shard this
+    run committed: the CLI moves a progress bar there, the flow publishes artifacts and
+    starts validations.
+
+    Runs on one store at once share the work: a shard another live writer has claimed is
+    left to it, and when only such shards remain this waits for them to be committed
+    (or for their writer to die, and then writes them itself).
     """
     store = Path(store)
     written = rejected = 0
+    waiting_for: list[int] = []
     while plan := plan_shards(store, quota, shard_size, top_up=True):
+        free = [k for k in plan if not shard_is_claimed(store, k)]
+        if not free:
+            if plan != waiting_for:
+                log.info("%s: waiting for other writers to commit shard(s) %s", store, plan)
+                waiting_for = plan
+            time.sleep(WAIT_POLL_S)
+            continue
         before = committed_count(store)
-        for shard_id in plan:
-            result = make_shard(shard_id)
+        skipped = 0
+        for shard_id in free:
+            try:
+                result = make_shard(shard_id)
+            except ShardClaimedError:  # another writer claimed it since the plan
+                skipped += 1
+                continue
+            if result.already_committed:  # another writer committed it since the plan
+                continue
             written, rejected = written + 1, rejected + result.rejected
             if on_shard is not None:
                 on_shard(result, committed_count(store))
-        if committed_count(store) == before:
+        if not skipped and committed_count(store) == before:
             raise FactoryError(
-                f"{store}: QA rejected every draw of shards {plan}; relax generation.qa or "
+                f"{store}: QA rejected every draw of shards {free}; relax generation.qa or "
                 "train the label LoRA longer (lfactory store stats shows the reasons)"
             )
     return QuotaRun(store, committed_count(store), written, rejected)

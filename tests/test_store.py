@@ -493,9 +493,11 @@ def test_repair_after_sigkill_removes_leftovers_and_never_committed_data(
         o.split(": ")[0] for o in before.orphans
     }
     assert any(str(partial) in o for o in before.orphans)
+    assert any("claim on shard 2 of pid" in o and "which is gone" in o for o in before.orphans)
 
     result = call_main(monkeypatch, capsys, "store", "repair", path)
-    assert result.code == 0 and "removed 3 leftover(s)" in result.out
+    assert result.code == 0 and "removed 4 leftover(s)" in result.out
+    assert not (path / "claims" / "shard-00002.claim").exists()
     after = verify_store(path)
     assert after.ok and after.orphans == () and after.samples == 6
     assert_all_expected(path, range(2), 3)

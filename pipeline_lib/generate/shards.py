@@ -10,6 +10,7 @@ import logging
 
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.generate.sampler import Generator
+from pipeline_lib.store.claims import claim_uncommitted, release_claim
 from pipeline_lib.store.manifest import manifest_path, read_manifest, read_shard_meta
 from pipeline_lib.store.shard_writer import (
     ShardResult,
@@ -39,22 +40,30 @@ def open_store_for(cfg: FactoryConfig) -> SampleStore:
 def stage_generated_shard(cfg: FactoryConfig, generator: Generator, shard_id: int) -> StagedShard:
     """Generate shard ``shard_id`` and write its arrays, uncommitted.
 
-    For a shard that is already committed nothing is generated or written: its
-    manifest rows come back, and committing them is a no-op.
+    The shard is claimed before it is generated: while another live writer holds it,
+    ShardClaimedError, and nothing is generated twice. For a shard that is already
+    committed nothing is generated or written: its manifest rows come back, and
+    committing them is a no-op.
     """
     store = open_store_for(cfg)
-    if manifest_path(store.path, shard_id).is_file():
-        log.info("shard %d of %s is already committed; not generated", shard_id, store.path)
-        meta = read_shard_meta(store.path, shard_id)
-        rows = tuple(read_manifest(store.path, shard_id).to_pylist())
-        return StagedShard(
-            shard_id,
-            rows,
-            int(meta.get("attempts", len(rows))),
-            dict(meta.get("rejected", {})),
-            dict(meta.get("config", {})),
-        )
-    return stage_shard(store, generator.generate_shard(shard_id, store.shard_size, store))
+    claim = claim_uncommitted(store.path, shard_id)
+    if claim is not None:
+        try:
+            data = generator.generate_shard(shard_id, store.shard_size, store)
+        except BaseException:
+            release_claim(store.path, shard_id, claim.token)
+            raise
+        return stage_shard(store, data, claim)
+    log.info("shard %d of %s is already committed; not generated", shard_id, store.path)
+    meta = read_shard_meta(store.path, shard_id)
+    rows = tuple(read_manifest(store.path, shard_id).to_pylist())
+    return StagedShard(
+        shard_id,
+        rows,
+        int(meta.get("attempts", len(rows))),
+        dict(meta.get("rejected", {})),
+        dict(meta.get("config", {})),
+    )
 
 
 def commit_staged(cfg: FactoryConfig, staged: StagedShard) -> ShardResult:

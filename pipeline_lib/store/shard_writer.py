@@ -1,7 +1,9 @@
 """Commit one shard exactly once: arrays first, then the manifest as the commit record.
 
 A process killed at any moment leaves either no manifest (the shard is invisible and is
-simply regenerated and rewritten whole by the next run) or a complete one.
+simply regenerated and rewritten whole by the next run) or a complete one. A writer holds
+the shard's claim (``claims.py``) from staging until its commit, so two runs on one store
+never write the same shard's rows at once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ import numpy as np
 
 from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE
 from pipeline_lib.errors import DataError, IntegrityError, StoreError
+from pipeline_lib.store.claims import (
+    ShardClaim,
+    claim_uncommitted,
+    release_claim,
+    require_claim,
+)
 from pipeline_lib.store.durable import fsync_dir, fsync_file, fsync_tree, refused_write
 from pipeline_lib.store.manifest import (
     FRACTION_COLUMNS,
@@ -29,7 +37,7 @@ from pipeline_lib.store.manifest import (
     sha256,
     write_manifest,
 )
-from pipeline_lib.store.store import SampleStore, ensure_capacity
+from pipeline_lib.store.store import SampleStore, ensure_capacity, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,8 @@ class StagedShard:
     """A shard whose arrays are written but not yet committed (invisible to readers).
 
     Small and picklable: it carries the manifest records (with checksums), not pixels,
-    so it can cross a task boundary between generating and committing.
+    so it can cross a task boundary between generating and committing, and the token of
+    the shard's claim, which lets the commit run in another process.
     """
 
     shard_id: int
@@ -77,21 +86,36 @@ class StagedShard:
     attempts: int
     rejected: Mapping[str, int]
     config: Mapping[str, Any] = field(default_factory=dict)
+    claim_token: str = ""
 
 
 def commit_shard(store: SampleStore, data: ShardData) -> ShardResult:
     """Stage a shard's arrays, then commit its manifest; a committed shard is left untouched."""
-    if manifest_path(store.path, data.shard_id).is_file():
-        log.info("shard %d of %s is already committed; not rewritten", data.shard_id, store.path)
-        return shard_result(store, data.shard_id, already_committed=True)
-    return commit_staged_shard(store, stage_shard(store, data))
+    claim = claim_uncommitted(store.path, data.shard_id)
+    if claim is not None:
+        return commit_staged_shard(store, stage_shard(store, data, claim))
+    log.info("shard %d of %s is already committed; not rewritten", data.shard_id, store.path)
+    return shard_result(store, data.shard_id, already_committed=True)
 
 
-def stage_shard(store: SampleStore, data: ShardData) -> StagedShard:
+def stage_shard(
+    store: SampleStore, data: ShardData, claim: ShardClaim | None = None
+) -> StagedShard:
     """Write a shard's arrays whole into its own rows; nothing becomes visible yet.
 
+    Runs under the shard's claim (taken here unless the caller holds ``claim``; a live
+    writer's claim raises ShardClaimedError), which the commit releases, or this on failure.
     Refuses a committed shard: its bytes are never overwritten.
     """
+    claim = claim or require_claim(store.path, data.shard_id)
+    try:
+        return _stage(store, data, claim)
+    except BaseException:
+        release_claim(store.path, data.shard_id, claim.token)
+        raise
+
+
+def _stage(store: SampleStore, data: ShardData, claim: ShardClaim) -> StagedShard:
     if manifest_path(store.path, data.shard_id).is_file():
         raise StoreError(
             f"{manifest_path(store.path, data.shard_id)}: shard {data.shard_id} is already "
@@ -135,7 +159,12 @@ def stage_shard(store: SampleStore, data: ShardData) -> StagedShard:
         records.append(record)
     attempts = data.attempts or n + sum(data.rejected.values())
     return StagedShard(
-        data.shard_id, tuple(records), attempts, dict(data.rejected), dict(data.config)
+        data.shard_id,
+        tuple(records),
+        attempts,
+        dict(data.rejected),
+        dict(data.config),
+        claim.token,
     )
 
 
@@ -143,10 +172,26 @@ def commit_staged_shard(store: SampleStore, staged: StagedShard) -> ShardResult:
     """Check the staged bytes against their checksums, then publish the manifest (the commit).
 
     The read-back catches a shard whose arrays were lost or overwritten since staging
-    (e.g. a cached staging result replayed against a wiped store).
+    (e.g. a cached staging result replayed against a wiped store). It and the publishing
+    run under the store lock and the shard's claim (the staging's own, or taken anew):
+    no writer takes the claim over halfway through a commit. ShardClaimedError while
+    another live writer holds the claim.
     """
-    if manifest_path(store.path, staged.shard_id).is_file():
-        return shard_result(store, staged.shard_id, already_committed=True)
+    with store_lock(store.path):
+        if manifest_path(store.path, staged.shard_id).is_file():
+            if staged.claim_token:
+                release_claim(store.path, staged.shard_id, staged.claim_token)
+            return shard_result(store, staged.shard_id, already_committed=True)
+        token = staged.claim_token or None
+        claim = require_claim(store.path, staged.shard_id, token, store_locked=True)
+        try:
+            _publish(store, staged)
+        finally:
+            release_claim(store.path, staged.shard_id, claim.token)
+    return shard_result(store, staged.shard_id)
+
+
+def _publish(store: SampleStore, staged: StagedShard) -> None:
     if staged.rows:
         images, labels = store.read_rows([r["index"] for r in staged.rows])
         for row, image, label in zip(staged.rows, images, labels, strict=True):
@@ -172,7 +217,6 @@ def commit_staged_shard(store: SampleStore, staged: StagedShard) -> ShardResult:
         len(records),
         sum(staged.rejected.values()),
     )
-    return shard_result(store, staged.shard_id)
 
 
 def shard_result(store: SampleStore, shard_id: int, already_committed: bool = False) -> ShardResult:

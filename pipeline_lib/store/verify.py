@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,8 +13,18 @@ import numpy as np
 
 from pipeline_lib.data.classes import CLASS_NAMES
 from pipeline_lib.errors import IntegrityError, StoreError
+from pipeline_lib.store.claims import (
+    ShardClaim,
+    claim_files,
+    claim_path,
+    claim_shard,
+    is_held,
+    read_claim,
+    release_claim,
+)
 from pipeline_lib.store.manifest import (
     FRACTION_COLUMNS,
+    MANIFEST_DIR,
     manifest_path,
     read_manifest,
     read_shard_meta,
@@ -24,12 +35,16 @@ from pipeline_lib.store.store import SampleStore, store_lock
 
 log = logging.getLogger(__name__)
 
+# write_manifest's temp file: manifests/.shard-00007.parquet.<pid>.partial
+_MANIFEST_TEMP = re.compile(r"^\.shard-(\d+)\.parquet\.")
+
 
 @dataclass(frozen=True)
 class VerifyReport:
     """Outcome of :func:`verify_store`.
 
-    ``problems`` mean committed data is wrong; ``orphans`` only waste space.
+    ``problems`` mean committed data is wrong; ``orphans`` only waste space;
+    ``in_progress`` names the shards live writers hold claims on right now.
     """
 
     path: Path
@@ -37,6 +52,7 @@ class VerifyReport:
     samples: int
     problems: tuple[str, ...] = ()
     orphans: tuple[str, ...] = ()
+    in_progress: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -58,7 +74,8 @@ def verify_store(path: str | Path, check_bytes: bool = True) -> VerifyReport:
     """Re-read every committed sample and compare it with its manifest row and sha256.
 
     Also lists orphans (see :func:`leftovers`): uncommitted shard data (a run killed
-    before its commit) and ``*.partial`` temp files.
+    before its commit), claims of writers that are gone and ``*.partial`` temp files; a
+    shard a live writer holds is in progress, not an orphan.
     """
     store = SampleStore(path)
     problems: list[str] = []
@@ -99,8 +116,14 @@ def verify_store(path: str | Path, check_bytes: bool = True) -> VerifyReport:
                 continue
             if check_bytes:
                 problems.extend(_check_bytes(where, images, labels, row, shard_cache))
-    orphans = _orphans(store, set(shards))
-    report = VerifyReport(store.path, len(shards), samples, tuple(problems), tuple(orphans))
+    orphans = [str(leftover) for leftover in leftovers(store, set(shards))]
+    writing = [
+        f"shard {k}: being written by {claim.describe() if claim else 'a live writer'}"
+        for k, claim in held_claims(store.path)
+    ]
+    report = VerifyReport(
+        store.path, len(shards), samples, tuple(problems), tuple(orphans), tuple(writing)
+    )
     log.info(
         "verified %s: %d shards, %d samples, %d problems, %d orphans",
         store.path,
@@ -137,65 +160,122 @@ def _check_bytes(where: str, images, labels, row: dict, cache: dict) -> list[str
 
 @dataclass(frozen=True)
 class Leftover:
-    """A file or folder no committed shard needs: safe to delete, only wastes space."""
+    """A file or folder no committed shard needs: safe to delete, only wastes space.
+
+    ``shard`` is the shard it belongs to, if any: it is deleted only under that shard's claim.
+    """
 
     path: Path
     why: str
+    shard: int | None = None
 
     def __str__(self) -> str:
         return f"{self.path}: {self.why}"
 
 
+def held_claims(store: str | Path) -> list[tuple[int, ShardClaim | None]]:
+    """(shard id, claim) of every shard a live writer holds now."""
+    return [
+        (k, read_claim(store, k))
+        for k, path in claim_files(store)
+        if path == claim_path(store, k) and is_held(path)
+    ]
+
+
 def leftovers(store: SampleStore, committed: set[int] | None = None) -> list[Leftover]:
-    """Temp files of interrupted writes and the array data of shards that never committed
-    (a run killed between staging and commit, or a staged shard never committed)."""
+    """Temp files of interrupted writes, the array data of shards that never committed
+    (a run killed between staging and commit, or a staged shard never committed) and
+    the claims of writers that are gone; a shard a live writer holds has none."""
     if committed is None:
         committed = set(store.committed_shards())
-    found = [
-        Leftover(p, "temp file of an interrupted write")
-        for p in sorted(store.path.rglob("*.partial"))
-    ]
+    held = {k for k, _ in held_claims(store.path)}
+    found = []
+    for path in sorted(store.path.rglob("*.partial")):
+        shard = _shard_of(store, path)
+        if shard not in held:
+            found.append(Leftover(path, "temp file of an interrupted write", shard))
     for name in ("images", "labels"):
         chunk_root = store.path / name / "c"
         if not chunk_root.is_dir():
             continue
         for shard_dir in sorted(chunk_root.iterdir(), key=lambda p: p.name):
-            if shard_dir.name.isdigit() and int(shard_dir.name) not in committed:
+            if not shard_dir.name.isdigit():
+                continue
+            shard = int(shard_dir.name)
+            if shard not in committed and shard not in held:
                 found.append(
                     Leftover(
                         shard_dir,
-                        f"data of uncommitted shard {shard_dir.name} "
+                        f"data of uncommitted shard {shard} "
                         "(`lfactory store repair` removes it; generating the shard rewrites it)",
+                        shard,
                     )
                 )
+    for shard, path in claim_files(store.path):
+        if not is_held(path):
+            claim = read_claim(store.path, shard) if path == claim_path(store.path, shard) else None
+            who = claim.describe() if claim is not None else "a writer"
+            found.append(
+                Leftover(
+                    path,
+                    f"claim on shard {shard} of {who}, which is gone "
+                    "(the shard's next writer takes it over)",
+                    shard,
+                )
+            )
     return found
 
 
-def _orphans(store: SampleStore, committed: set[int]) -> list[str]:
-    return [str(leftover) for leftover in leftovers(store, committed)]
+def _shard_of(store: SampleStore, path: Path) -> int | None:
+    # images/c/<k>/... and labels/c/<k>/... hold shard k; manifests/.shard-0000k.parquet...
+    parts = path.relative_to(store.path).parts
+    if len(parts) > 2 and parts[0] in ("images", "labels") and parts[1] == "c":
+        return int(parts[2]) if parts[2].isdigit() else None
+    if parts[0] == MANIFEST_DIR and (match := _MANIFEST_TEMP.match(parts[-1])):
+        return int(match.group(1))
+    return None
 
 
 def repair_store(path: str | Path) -> list[Leftover]:
     """Delete every leftover of :func:`leftovers`, never committed data; return them.
 
-    Run it while no writer works on the store: a shard being staged right now looks
-    exactly like one whose writer was killed.
+    Safe beside running writers: a shard's leftovers are deleted only while holding the
+    shard's claim, so a shard a live writer is staging or committing is left alone.
     """
     store = SampleStore(path)
+    by_shard: dict[int | None, list[Leftover]] = {}
+    for leftover in leftovers(store):
+        by_shard.setdefault(leftover.shard, []).append(leftover)
     removed = []
-    with store_lock(store.path):
-        for leftover in leftovers(store):
-            shard = leftover.path.name
-            if leftover.path.is_dir():
-                # Re-checked under the lock: a shard committed meanwhile keeps its data.
-                if manifest_path(store.path, int(shard)).is_file():
-                    continue
-                shutil.rmtree(leftover.path)
-            else:
-                leftover.path.unlink(missing_ok=True)
-            removed.append(leftover)
+    for shard, found in by_shard.items():
+        removed += _remove(store, shard, found)
     log.info("repaired %s: removed %d leftover(s)", store.path, len(removed))
     return removed
+
+
+def _remove(store: SampleStore, shard: int | None, found: list[Leftover]) -> list[Leftover]:
+    if shard is None:
+        with store_lock(store.path):  # e.g. a zarr.json temp file: resizes hold this lock
+            for leftover in found:
+                leftover.path.unlink(missing_ok=True)
+        return found
+    # Taking a dead writer's claim over is what removes its claim file.
+    claim = claim_shard(store.path, shard)
+    if claim is None:
+        return []  # a live writer took the shard since it was listed
+    try:
+        removed = []
+        for leftover in found:
+            if leftover.path.is_dir():
+                if manifest_path(store.path, shard).is_file():
+                    continue  # committed since it was listed: its data stays
+                shutil.rmtree(leftover.path)
+            elif leftover.path != claim_path(store.path, shard):
+                leftover.path.unlink(missing_ok=True)
+            removed.append(leftover)
+        return removed
+    finally:
+        release_claim(store.path, shard, claim.token)
 
 
 @dataclass(frozen=True)
