@@ -7,14 +7,12 @@ Training, generation and validation are the factory's ordinary steps; ``lfactory
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.data.classes import MAX_VALUE, fractions_from_counts
-from pipeline_lib.data.loveda import list_tiles, read_image, read_mask
+from pipeline_lib.data.loveda import list_tiles, read_image, read_mask, split_stats
 from pipeline_lib.errors import DataError
 from pipeline_lib.generate.sampler import controlnet_dir
 from pipeline_lib.hashing import json_digest
@@ -32,23 +30,6 @@ from pipeline_lib.validate.consistency import ConsistencyResult
 from pipeline_lib.validate.mixing import mix_samples
 
 GRID_ROWS = 8
-
-
-@dataclass(frozen=True)
-class SplitStats:
-    """Labelled tiles, pixels and class fractions of one split of a LoveDA-layout folder."""
-
-    tiles: int
-    pixels: int
-    fractions: dict[str, float]
-
-
-def split_stats(root: Path, split: str) -> SplitStats:
-    counts = np.zeros(MAX_VALUE + 1, np.int64)
-    tiles = [t for t in list_tiles(root, [split]) if t.mask_path is not None]
-    for tile in tiles:
-        counts += np.bincount(read_mask(tile.mask_path).ravel(), minlength=MAX_VALUE + 1)
-    return SplitStats(len(tiles), int(counts[1:].sum()), fractions_from_counts(counts))
 
 
 def matching_quota(cfg: FactoryConfig) -> FactoryConfig:

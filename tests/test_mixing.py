@@ -12,13 +12,13 @@ from store_fakes import fake_shard
 
 from pipeline_lib.config import FactoryConfig, ValidationConfig, config_from_dict
 from pipeline_lib.data.classes import CLASS_NAMES
-from pipeline_lib.data.loveda import list_tiles, write_tile
+from pipeline_lib.data.loveda import list_tiles, split_stats, write_tile
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.report.results import MixSweep, ValidationResult
 from pipeline_lib.store import commit_shard, create_or_open_store
 from pipeline_lib.store.store import SampleStore
 from pipeline_lib.validate.experiment import assemble_report
-from pipeline_lib.validate.mixing import labelled_pixels, mix_samples
+from pipeline_lib.validate.mixing import mix_samples
 from pipeline_lib.validate.sources import train_sources
 
 ORI_TILE, NO_DATA_ROWS, GEN_SIZE = 32, 4, 16
@@ -66,7 +66,7 @@ def test_ratio_one_is_the_quality_runs_gen_size(tmp_path: Path):
     from pipeline_lib.quality import matching_quota
 
     cfg = sweep_config(tmp_path, [1])
-    assert labelled_pixels(cfg.data.root) == ORI_PIXELS
+    assert split_stats(cfg.data.root, "Train").pixels == ORI_PIXELS
     assert matching_quota(cfg).quota.samples == mix_samples(1, ORI_PIXELS, GEN_SIZE)
 
 

@@ -325,3 +325,20 @@ def fingerprint(root: str | Path) -> str:
     for path in sorted(Path(root).rglob("*.png")):
         digest.update(f"{path.relative_to(root)}:{path.stat().st_size}\n".encode())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """Labelled tiles, pixels and class fractions of one split of a LoveDA-layout folder."""
+
+    tiles: int
+    pixels: int
+    fractions: dict[str, float]
+
+
+def split_stats(root: Path, split: str) -> SplitStats:
+    counts = np.zeros(MAX_VALUE + 1, np.int64)
+    tiles = [t for t in list_tiles(root, [split]) if t.mask_path is not None]
+    for tile in tiles:
+        counts += np.bincount(read_mask(tile.mask_path).ravel(), minlength=MAX_VALUE + 1)
+    return SplitStats(len(tiles), int(counts[1:].sum()), fractions_from_counts(counts))

@@ -13,11 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-
 from pipeline_lib.choices import DATA_LABELS
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.data.loveda import list_tiles, read_mask
+from pipeline_lib.data.loveda import split_stats
 from pipeline_lib.errors import DataError
 from pipeline_lib.report.results import MixSweep, ValidationResult
 
@@ -36,15 +34,6 @@ def mix_samples(ratio: float, ori_pixels: int, resolution: int) -> int:
     return math.ceil(Fraction(str(ratio)) * ori_pixels / resolution**2)
 
 
-def labelled_pixels(root: Path, split: str = "Train") -> int:
-    """Pixels of ``split`` whose label is a class (not no-data, value 0)."""
-    return sum(
-        int(np.count_nonzero(read_mask(t.mask_path)))
-        for t in list_tiles(root, [split])
-        if t.mask_path is not None
-    )
-
-
 def mix_sources(
     ratios: Iterable[float],
     cfg: FactoryConfig,
@@ -61,7 +50,7 @@ def mix_sources(
     if not ratios:
         return {}
     original = Path(cfg.data.root)
-    pixels = labelled_pixels(original)
+    pixels = split_stats(original, "Train").pixels
     if pixels == 0:
         raise DataError(
             f"{original}: no labelled Train pixels, so no mixing ratio can be sized; "
