@@ -19,3 +19,5 @@ SEGMENTERS: tuple[str, ...] = ("mask2former-cpu", "mask2former-r50", "mask2forme
 IMAGE_CODECS: tuple[str, ...] = ("webp", "jpegxl", "htj2k", "png", "qoi", "zstd")
 # label_lora.colours: the colours a label generator draws (pipeline_lib.data.classes).
 LABEL_COLOUR_SETS: tuple[str, ...] = ("palette", "bits")
+# validation.mix_by: how a training set of several sources draws its crops from them.
+MIX_BY: tuple[str, ...] = ("pixels", "samples")

@@ -29,6 +29,7 @@ from pipeline_lib.choices import (
     DATA_LABELS,
     IMAGE_CODECS,
     LABEL_COLOUR_SETS,
+    MIX_BY,
     SCHEDULER_CLASSES,
     SEGMENTERS,
 )
@@ -319,6 +320,12 @@ class ValidationConfig(Section):
         default_factory=list,
         description="add a Gen.+Ori. row per ratio: all Ori. tiles plus the store's first "
         "generated samples worth ratio x Ori.'s labelled pixels (e.g. [0.25, 0.5, 1, 2])",
+    )
+    mix_by: Literal[MIX_BY] = Field(  # type: ignore[valid-type]
+        MIX_BY[0],
+        description="a mixed training set (Gen.+Ori.) draws crops in proportion to each "
+        "source's pixels (pixels), or to its tile count (samples: 384 generated 64 px "
+        "samples then outdraw 24 real 256 px tiles 16 to 1)",
     )
 
     @field_validator("mix_ratios")

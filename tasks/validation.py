@@ -30,10 +30,12 @@ def gather_sources(config: FactoryConfig, samples: int | None) -> dict[str, list
 def _validate_key(_: TaskRunContext, params: dict) -> str:
     config: FactoryConfig = params["config"]
     sources = [fingerprint(p) for p in params["sources"]]
-    # A row's model does not depend on which other ratios the sweep lists.
+    # A row's model does not depend on which other ratios the sweep lists, nor a
+    # one-source row's on how mixed sets draw.
+    unused = {"mix_ratios"} | ({"mix_by"} if len(sources) == 1 else set())
     return digest(
         "validate",
-        config.validation.model_dump(mode="json", exclude={"mix_ratios"}),
+        config.validation.model_dump(mode="json", exclude=unused),
         params["name"],
         str(params["work_dir"]),
         sources,

@@ -334,3 +334,47 @@ def test_cli_validate_gen_without_a_store_says_to_generate_first(tmp_path: Path)
     )
     assert run.returncode == 2
     assert "no generated store yet" in run.stderr and "--data ori" in run.stderr
+
+
+def test_a_mixed_set_draws_crops_in_proportion_to_each_sources_pixels(tmp_path: Path):
+    """384 small generated samples beside 24 large real tiles must not outdraw them 16:1."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+
+    from pipeline_lib.validate import mmseg_data
+
+    ensure_mmseg()
+    init_default_scope("mmseg")
+    large = make_tiny_loveda(tmp_path / "large", 1, train=2, val=1)  # 64 px tiles
+    small = tmp_path / "small"
+    for i in range(8):  # 32 px tiles: together as many pixels as the two large ones
+        write_tile(
+            small,
+            "Train",
+            "Urban",
+            str(i),
+            np.zeros((TILE // 2, TILE // 2, 3), np.uint8),
+            np.ones((TILE // 2, TILE // 2), np.uint8),
+        )
+    roots = [mmseg_data.prepare_split(r, "Train", tmp_path / "cache") for r in (small, large)]
+    assert mmseg_data.pixel_repeats(roots) == [1, 4]
+
+    def draws(mix_by: str) -> tuple[int, int]:
+        loader = mmseg_data.train_dataloader(roots, 32, 2, mix_by=mix_by)
+        dataset = DATASETS.build(loader["dataset"])
+        from_large = sum(
+            "large" in dataset.get_data_info(i)["img_path"] for i in range(len(dataset))
+        )
+        return len(dataset) - from_large, from_large
+
+    assert draws("pixels") == (8, 8)
+    assert draws("samples") == (8, 2)
+    # The mixing rule is part of a mixed model's identity, not of a one-source model's.
+    from pipeline_lib.validate.experiment import training_key
+
+    assert training_key([small, large], tiny_config()) != training_key(
+        [small, large], tiny_config(mix_by="samples")
+    )
+    assert training_key([large], tiny_config()) == training_key(
+        [large], tiny_config(mix_by="samples")
+    )

@@ -128,7 +128,8 @@ def _previous_timing(run_dir: Path) -> tuple[float, float] | None:
 
 
 def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
-    """Hash of what makes a model different (data, model, batch, crop, lr, seed; not iters).
+    """Hash of what makes a model different (data, model, batch, crop, lr, seed; not iters;
+    how several sources mix).
 
     Runs with the same key share a work dir and resume each other; new data never does.
     """
@@ -142,7 +143,8 @@ def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
             "pretrained_backbone",
             "scale_factors",
             "class_weights",
-        },
+        }
+        | ({"mix_by"} if len(sources) > 1 else set()),
         mode="json",
     )
     parts = [json.dumps(fields, sort_keys=True)]

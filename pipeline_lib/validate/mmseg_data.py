@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from pipeline_lib.choices import MIX_BY
 from pipeline_lib.data.loveda import export_mmseg, list_tiles
 from pipeline_lib.errors import DataError
 
@@ -138,15 +141,43 @@ def dataset_config(data_root: Path, split: str, pipeline: list[dict[str, Any]]) 
     )
 
 
+def pixel_repeats(roots: Sequence[Path]) -> list[int]:
+    """How many times each mmseg-layout root's Train tiles repeat in a mixed set so that
+    crops come from each root in proportion to its pixels, not to its tile count."""
+    areas = []
+    for root in roots:
+        files = sorted((Path(root) / "img_dir" / TRAIN.lower()).glob("*.png"))
+        if not files:
+            raise DataError(f"{root}: no Train images under img_dir/{TRAIN.lower()}")
+        sizes = []
+        for path in files:
+            with Image.open(path) as image:  # reads the header only
+                sizes.append(image.width * image.height)
+        areas.append(sum(sizes) / len(sizes))
+    smallest = min(areas)
+    return [max(1, round(area / smallest)) for area in areas]
+
+
 def train_dataloader(
     roots: list[Path],
     crop_size: int,
     batch_size: int,
     scale_factors: Sequence[float] | None = None,
+    mix_by: str = MIX_BY[0],
 ) -> dict[str, Any]:
-    """Infinite shuffled loader over the Train splits of ``roots`` (concatenated)."""
+    """Infinite shuffled loader over the Train splits of ``roots`` (concatenated).
+
+    The sampler draws tiles uniformly; with ``mix_by="pixels"`` the roots with larger
+    tiles repeat (mmengine's RepeatDataset) until each tile's share of the draws matches
+    its share of the pixels.
+    """
     pipeline = train_pipeline(crop_size, scale_factors)
     datasets = [dataset_config(r, TRAIN, pipeline) for r in roots]
+    if len(datasets) > 1 and mix_by == "pixels":
+        datasets = [
+            d if times == 1 else dict(type="RepeatDataset", dataset=d, times=times)
+            for d, times in zip(datasets, pixel_repeats(roots), strict=True)
+        ]
     dataset = datasets[0] if len(datasets) == 1 else dict(type="ConcatDataset", datasets=datasets)
     # Worker processes would fight the 2 shared CPU cores; the pipeline is light.
     return dict(
