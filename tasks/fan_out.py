@@ -19,6 +19,7 @@ from prefect import Task
 from prefect.futures import PrefectFuture
 
 from pipeline_lib.config import DaskConfig, FactoryConfig
+from pipeline_lib.generate.shards import open_store_for
 from pipeline_lib.quota import ShardOutcome, ShardRound, one_by_one
 from pipeline_lib.store.shard_writer import ShardResult, StagedShard
 
@@ -57,6 +58,9 @@ def shard_rounds(config: FactoryConfig, generate: Task, commit: Task) -> Iterato
     from distributed import as_completed
     from prefect_dask import DaskTaskRunner
 
+    # Created once here, not by the first shards at once: creating a store clears its
+    # folder, lock file included, so two processes creating one can both go ahead.
+    open_store_for(config)
     with DaskTaskRunner(**dask_runner_options(config.prefect.dask)) as runner:
 
         def on_dask(shard_ids: list[int]) -> Iterator[ShardOutcome]:
