@@ -16,6 +16,7 @@ from pipeline_lib.store.shard_writer import ShardResult
 from pipeline_lib.store.store import committed_count
 from pipeline_lib.validate.steps import is_validated
 from tasks.artifacts import publish_shard, report_progress, start_progress
+from tasks.fan_out import shard_rounds
 from tasks.generation import commit_shard_task, generate_shard_task
 from tasks.options import configured, digest
 
@@ -51,7 +52,8 @@ def start_validation(config: FactoryConfig, step: int) -> None:
 def generate_shards(config: FactoryConfig, style: str | None = None) -> GenerationSummary:
     """Generate shards until the store holds the quota; resumes where a run stopped.
 
-    With ``style``, only that declared style is drawn, into the style's own store.
+    With ``style``, only that declared style is drawn, into the style's own store. With
+    ``prefect.dask``, shards are generated side by side on a Dask cluster.
     """
     if style is not None:
         config = config.for_style(style)
@@ -67,13 +69,10 @@ def generate_shards(config: FactoryConfig, style: str | None = None) -> Generati
         for step in quota_steps_reached(committed, every, quota):
             start_validation(config, step)
 
-    run = generate_to_quota(
-        store,
-        quota,
-        config.store.shard_size,
-        lambda shard_id: commit(config, generate(config, shard_id)),
-        after_shard,
-    )
+    with shard_rounds(config, generate, commit) as run_round:
+        run = generate_to_quota(
+            store, quota, config.store.shard_size, on_shard=after_shard, run_round=run_round
+        )
     steps = quota_steps_reached(run.committed, every, quota)
     for step in steps:  # a run killed between a commit and its validation catches up here
         start_validation(config, step)

@@ -348,6 +348,36 @@ class ValidationConfig(Section):
         return data
 
 
+class DaskConfig(Section):
+    """Shard generation fanned out over a Dask cluster (prefect-dask's DaskTaskRunner)."""
+
+    address: str | None = Field(
+        None, description="a running Dask scheduler, e.g. tcp://10.0.0.5:8786"
+    )
+    workers: int | None = Field(
+        None, ge=1, description="start a local cluster of this many worker processes"
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads per local worker (default: this machine's cores / workers)",
+    )
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> DaskConfig:
+        if (self.address is None) == (self.workers is None):
+            raise ValueError(
+                "set either address (a running Dask scheduler) or workers (a local cluster "
+                "of that many processes), not both or neither"
+            )
+        if self.address is not None and self.torch_threads is not None:
+            raise ValueError(
+                "torch_threads applies to a local cluster; an external cluster's workers "
+                "take theirs from OMP_NUM_THREADS where they are started"
+            )
+        return self
+
+
 class PrefectConfig(Section):
     results_path: Path | None = None
     gpu_concurrency: int = Field(1, ge=1)
@@ -356,6 +386,21 @@ class PrefectConfig(Section):
     retries: int = Field(2, ge=0)
     retry_delay_seconds: float = Field(5, ge=0)
     task_timeout_seconds: float = Field(6 * 3600, gt=0)
+    dask: DaskConfig | None = Field(
+        None, description="fan shard generation out over Dask (unset: one shard at a time)"
+    )
+
+    @model_validator(mode="after")
+    def _gpu_slots_for_every_worker(self) -> PrefectConfig:
+        # Shard tasks carry the gpu tag, whose limit (`lfactory run`, `serve`) would let
+        # only gpu_concurrency of the local workers generate at a time.
+        if self.dask is not None and (self.dask.workers or 0) > self.gpu_concurrency:
+            raise ValueError(
+                f"dask.workers is {self.dask.workers} but gpu_concurrency is "
+                f"{self.gpu_concurrency}: only {self.gpu_concurrency} shard(s) would generate "
+                f"at a time; set gpu_concurrency to {self.dask.workers}"
+            )
+        return self
 
 
 class FactoryConfig(Section):

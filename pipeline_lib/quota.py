@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from pipeline_lib.errors import FactoryError, ShardClaimedError
@@ -18,6 +19,12 @@ log = logging.getLogger(__name__)
 
 # How often a run whose remaining shards other writers hold looks again.
 WAIT_POLL_S = 0.5
+
+# One shard of a round: called, it returns the shard once committed, or raises
+# (ShardClaimedError when another writer holds the shard).
+ShardOutcome = Callable[[], ShardResult]
+# Runs a round of shard ids: one outcome per shard, yielded as each is ready to commit.
+ShardRound = Callable[[list[int]], Iterable[ShardOutcome]]
 
 
 def quota_steps_reached(committed: int, every: int, quota: int) -> list[int]:
@@ -45,19 +52,34 @@ class QuotaRun:
     rejected: int
 
 
+def one_by_one(make_shard: Callable[[int], ShardResult]) -> ShardRound:
+    """A round in which ``make_shard(k)`` generates and commits each shard in turn, in this
+    process; a shard starts only when the previous one is committed."""
+
+    def run_round(shard_ids: list[int]) -> Iterator[ShardOutcome]:
+        for shard_id in shard_ids:
+            yield partial(make_shard, shard_id)
+
+    return run_round
+
+
 def generate_to_quota(
     store: str | Path,
     quota: int,
     shard_size: int,
-    make_shard: Callable[[int], ShardResult],
+    make_shard: Callable[[int], ShardResult] | None = None,
     on_shard: Callable[[ShardResult, int], None] | None = None,
+    *,
+    run_round: ShardRound | None = None,
 ) -> QuotaRun:
-    """Call ``make_shard(k)`` (generate and commit shard k) for each shard the store lacks
-    until it holds ``quota`` samples; a re-run resumes where a run stopped.
+    """Generate and commit each shard the store lacks until it holds ``quota`` samples; a
+    re-run resumes where a run stopped.
 
-    Rejected draws can leave a round short of the quota, so rounds repeat with new
-    shards, until a whole round commits nothing (then QA rejects everything and more
-    rounds would not help). ``on_shard(result, committed)`` runs after each shard this
+    ``make_shard(k)`` generates and commits shard k, one shard after another; or
+    ``run_round(ids)`` runs a whole round of shards, e.g. side by side on Dask (see
+    ``ShardRound``). Rejected draws can leave a round short of the quota, so rounds repeat
+    with new shards, until a whole round commits nothing (then QA rejects everything and
+    more rounds would not help). ``on_shard(result, committed)`` runs after each shard this
     run committed: the CLI moves a progress bar there, the flow publishes artifacts and
     starts validations.
 
@@ -65,6 +87,9 @@ def generate_to_quota(
     left to it, and when only such shards remain this waits for them to be committed
     (or for their writer to die, and then writes them itself).
     """
+    if (make_shard is None) == (run_round is None):
+        raise TypeError("generate_to_quota takes either make_shard or run_round")
+    run_round = run_round or one_by_one(make_shard)
     store = Path(store)
     written = rejected = 0
     waiting_for: list[int] = []
@@ -78,9 +103,9 @@ def generate_to_quota(
             continue
         before = committed_count(store)
         skipped = 0
-        for shard_id in free:
+        for outcome in run_round(free):
             try:
-                result = make_shard(shard_id)
+                result = outcome()
             except ShardClaimedError:  # another writer claimed it since the plan
                 skipped += 1
                 continue

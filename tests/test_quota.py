@@ -63,3 +63,34 @@ def test_generation_stops_with_an_error_when_qa_rejects_every_draw(tmp_path):
 
     with pytest.raises(FactoryError, match="QA rejected every draw"):
         generate_to_quota(tmp_path / "s", 8, 4, _fake_generator(tmp_path / "s", kept=0))
+
+
+def test_a_round_staged_side_by_side_commits_each_shard_once_as_it_comes(tmp_path):
+    """As on Dask: every shard of a round is staged before any is committed, and the
+    commits come in whatever order the stagings finish."""
+    from functools import partial
+
+    from store_fakes import SIZE, fake_shard
+
+    from pipeline_lib.quota import generate_to_quota
+    from pipeline_lib.store import create_or_open_store
+    from pipeline_lib.store.shard_writer import commit_staged_shard, stage_shard
+
+    store = create_or_open_store(tmp_path / "s", shard_size=4, height=SIZE, width=SIZE)
+    rounds, seen = [], []
+
+    def side_by_side(shard_ids):
+        rounds.append(list(shard_ids))
+        staged = [stage_shard(store, fake_shard(k, 3, rejected=1)) for k in shard_ids]
+        for shard in reversed(staged):
+            yield partial(commit_staged_shard, store, shard)
+
+    def record(result, committed):
+        seen.append((result.shard_id, committed))
+
+    run = generate_to_quota(store.path, 16, 4, on_shard=record, run_round=side_by_side)
+    assert rounds == [[0, 1, 2, 3], [4], [5]]
+    assert seen == [(3, 3), (2, 6), (1, 9), (0, 12), (4, 15), (5, 18)]
+    assert (run.committed, run.shards_written, run.rejected) == (18, 6, 6)
+    with pytest.raises(TypeError, match="either make_shard or run_round"):
+        generate_to_quota(store.path, 16, 4)
