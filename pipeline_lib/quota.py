@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline_lib.errors import FactoryError, ShardClaimedError
 from pipeline_lib.store.claims import shard_is_claimed
+from pipeline_lib.store.object_store import location
 from pipeline_lib.store.shard_writer import ShardResult
 from pipeline_lib.store.store import committed_count, plan_shards
 
@@ -39,7 +40,7 @@ def quota_steps_reached(committed: int, every: int, quota: int) -> list[int]:
 class QuotaRun:
     """What one generate-to-quota run did."""
 
-    store: Path
+    store: Path | str
     committed: int
     shards_written: int
     rejected: int
@@ -65,7 +66,7 @@ def generate_to_quota(
     left to it, and when only such shards remain this waits for them to be committed
     (or for their writer to die, and then writes them itself).
     """
-    store = Path(store)
+    store = location(store)
     written = rejected = 0
     waiting_for: list[int] = []
     while plan := plan_shards(store, quota, shard_size, top_up=True):
