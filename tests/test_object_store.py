@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -30,10 +29,12 @@ from pipeline_lib.store import (
     leases,
     plan_shards,
     read_manifests,
+    repair_store,
+    shard_writer,
     stage_shard,
     verify_store,
 )
-from pipeline_lib.store.claims import claim_shard, release_claim, shard_is_claimed
+from pipeline_lib.store.claims import claim_shard, shard_is_claimed
 from pipeline_lib.store.manifest import (
     is_committed,
     manifest_path,
@@ -180,6 +181,7 @@ def test_export_from_an_object_store_to_a_local_folder(url, tmp_path, monkeypatc
     assert store.read_rows([5])[1][0].shape == (16, 16)
 
 
+@pytest.mark.slow  # a writer subprocess, and a lease to run out
 def test_killed_writer_leaves_no_visible_shard_and_a_rerun_completes_the_quota(url):
     died = run_child(url, "--samples", "16", "--die-before-commit", "2")
     assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
@@ -207,40 +209,26 @@ def test_killed_writer_leaves_no_visible_shard_and_a_rerun_completes_the_quota(u
         np.testing.assert_array_equal(got_labels[0], label)
 
 
-def test_two_committers_of_one_shard_leave_one_manifest(url):
+def test_a_second_committer_of_a_shard_is_refused_and_the_first_manifest_stands(url, monkeypatch):
+    # S3 checks If-None-Match and writes in one step; moto's server does not promise that
+    # for simultaneous requests, so the two committers race in a fixed order here: both
+    # found the shard uncommitted, the first one's PUT landed first.
     store = make_store(url, shards=())
-    rows = {name: [dict(r) for r in stage_rows(store, name)] for name in ("a", "b")}
-    barrier = threading.Barrier(2)
-    outcomes: dict[str, str] = {}
+    staged = stage_shard(store, fake_shard(0, 3))
+    now = datetime.now(UTC)
+    first = [{**row, "created_at": now} for row in staged.rows[:2]]
+    write_manifest(url, 0, first, {"shard_id": 0, "kept": 2})
+    with pytest.raises(ManifestExistsError, match="committed by another writer"):
+        write_manifest(url, 0, [{**row, "created_at": now} for row in staged.rows], {})
 
-    def commit(name: str) -> None:
-        barrier.wait()
-        try:
-            write_manifest(url, 0, rows[name], {"shard_id": 0, "writer": name})
-            outcomes[name] = "committed"
-        except ManifestExistsError:
-            outcomes[name] = "refused"
-
-    threads = [threading.Thread(target=commit, args=(n,)) for n in rows]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(outcomes.values()) == ["committed", "refused"], outcomes
-    winner = next(n for n, o in outcomes.items() if o == "committed")
-    table = read_manifest(url, 0)
-    assert table["sample_id"].to_pylist() == [r["sample_id"] for r in rows[winner]]
-    assert [k for k in objects(url) if k.startswith("manifests/")] == [
-        "manifests/shard-00000.parquet"
-    ]
+    monkeypatch.setattr(shard_writer, "is_committed", lambda store, shard_id: False)
+    result = commit_staged_shard(store, staged)
+    assert result.already_committed and result.kept == 2, "the first commit stands"
+    assert read_manifest(url, 0)["sample_id"].to_pylist() == [r["sample_id"] for r in first]
+    manifests = [k for k in objects(url) if k.startswith("manifests/")]
+    assert manifests == ["manifests/shard-00000.parquet"]
     assert manifest_path(url, 0) == f"{url}/manifests/shard-00000.parquet"
-
-
-def stage_rows(store: SampleStore, name: str):
-    """Manifest rows of shard 0 as a writer ``name`` would commit them."""
-    staged = stage_shard(store, fake_shard(0, 2 if name == "a" else 3))
-    release_claim(store.path, 0, staged.claim_token)
-    return [{**r, "created_at": datetime.now(UTC)} for r in staged.rows]
+    assert leases.claim_ids(url) == [], "the refused committer released its claim"
 
 
 def put_claim(url: str, shard_id: int, expires: float) -> None:
@@ -282,3 +270,59 @@ def test_a_writer_whose_claim_was_taken_over_cannot_commit(url):
         commit_staged_shard(store, staged)
     assert not is_committed(url, 1)
     assert leases.read_claim(url, 1)["token"] == "theirs", "the new writer's claim stays"
+
+
+@pytest.mark.slow  # a writer subprocess, and a lease to run out
+def test_a_writer_killed_at_any_moment_leaves_only_whole_shards(url):
+    env = {**os.environ, "LFACTORY_CLAIM_LEASE_S": str(LEASE_S), "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), url, "--samples", "80"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 240
+    while not is_committed(url, 1):
+        assert child.poll() is None and time.monotonic() < deadline, "the child never committed"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    report = verify_store(url)
+    assert report.ok and 2 <= report.shards < 20
+
+    def make(shard_id: int):
+        return commit_shard(SampleStore(url), fake_shard(shard_id, 3))
+
+    generate_to_quota(url, 60, 4, make)
+    report = verify_store(url)
+    assert report.ok and report.shards == 20 and report.samples == 60
+    assert report.orphans == () and report.in_progress == ()
+    ids = read_manifests(url)["sample_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 60
+
+
+def test_the_config_keeps_a_store_url_and_styles_get_their_own():
+    from pipeline_lib.config import FactoryConfig
+
+    config = FactoryConfig.model_validate(
+        {"store": {"path": "s3://bucket/stores/night.zarr"}, "generation": {"styles": {"snow": {}}}}
+    )
+    assert config.store.path == "s3://bucket/stores/night.zarr"
+    assert config.for_style("snow").store.path == "s3://bucket/stores/night-snow.zarr"
+    local = FactoryConfig.model_validate({"store": {"path": "stores/night.zarr"}})
+    assert isinstance(local.store.path, Path) and local.store.path.is_absolute()
+
+
+def test_repair_removes_a_dead_writers_leftovers_and_leaves_a_live_one_alone(url):
+    store = make_store(url, shards=(0,))
+    stage_shard(store, fake_shard(1, 3))
+    report = verify_store(url)
+    assert report.in_progress and report.orphans == ()
+    assert repair_store(url) == [] and "images/c/1/0/0/0" in objects(url)
+
+    put_claim(url, 1, time.time() - 60)  # as if its writer had died a minute ago
+    assert len(verify_store(url).orphans) == 3  # the claim and both arrays' shard objects
+    assert len(repair_store(url)) == 3
+    assert [k for k in objects(url) if "/1/" in k or k.startswith("claims/")] == []
+    report = verify_store(url)
+    assert report.ok and report.shards == 1 and report.orphans == ()

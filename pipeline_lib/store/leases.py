@@ -121,10 +121,11 @@ def renew(url: str, shard_id: int, token: str) -> None:
 def release_claim(url: str, shard_id: int, token: str) -> None:
     """Give our claim up: stop renewing, and delete the claim if it is still the version we
     wrote (a claim someone took over stays theirs)."""
+    key = (os.getpid(), url, shard_id)
     with _held_guard:
-        lease = _held.pop((os.getpid(), url, shard_id), None)
+        lease = _held.pop(key) if key in _held and _held[key].token == token else None
     root = object_root(url)
-    if lease is not None and lease.token == token:
+    if lease is not None:
         lease.stop.set()
         with lease.guard:
             root.delete(*_key(shard_id), etag=lease.etag)
@@ -132,18 +133,6 @@ def release_claim(url: str, shard_id: int, token: str) -> None:
     found, etag = _read(root, shard_id)
     if found is not None and found.get("token") == token:
         root.delete(*_key(shard_id), etag=etag)
-
-
-def remove_if_gone(url: str, shard_id: int) -> bool:
-    """Delete an expired claim (only the expired version); whether none is live now."""
-    root = object_root(url)
-    found, etag = _read(root, shard_id)
-    if found is None:
-        return True
-    if is_live(found):
-        return False
-    root.delete(*_key(shard_id), etag=etag)
-    return not is_live(_read(root, shard_id)[0])
 
 
 def _key(shard_id: int) -> tuple[str, str]:
