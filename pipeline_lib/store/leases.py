@@ -25,14 +25,30 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pipeline_lib.errors import ShardClaimedError
+from pipeline_lib.errors import ConfigError, ShardClaimedError
 from pipeline_lib.store.object_store import ObjectRoot, object_root
 
 log = logging.getLogger(__name__)
 
-# Seconds a claim lives without renewal; a killed writer's shard is taken over after it.
-LEASE_S = float(os.environ.get("LFACTORY_CLAIM_LEASE_S", "60"))
 CLAIM_DIR = "claims"
+
+
+def _lease_seconds() -> float:
+    raw = os.environ.get("LFACTORY_CLAIM_LEASE_S", "60")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError(
+            f"LFACTORY_CLAIM_LEASE_S={raw!r}: a claim's lease is a positive number of seconds "
+            "(default 60); set it so or unset it"
+        )
+    return seconds
+
+
+# Seconds a claim lives without renewal; a killed writer's shard is taken over after it.
+LEASE_S = _lease_seconds()
 
 
 @dataclass
