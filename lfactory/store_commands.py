@@ -21,10 +21,12 @@ from pipeline_lib.store import (
 )
 from pipeline_lib.store.export import FORMATS
 
+STORE_HELP = "sample store: a folder, or a URL such as s3://bucket/prefix/store.zarr"
+
 store_app = typer.Typer(help="Verify, summarise and export a sample store.", no_args_is_help=True)
 
 
-def _config(path: Path | None, store: Path | None = None) -> FactoryConfig | None:
+def _config(path: Path | None, store: str | None = None) -> FactoryConfig | None:
     if path is None:
         return None
     overrides = {"store": {"path": str(store)}} if store is not None else None
@@ -37,7 +39,7 @@ def generate(
         int | None, typer.Option("--samples", "-n", help="samples wanted (default: quota)")
     ] = None,
     store: Annotated[
-        Path | None, typer.Option("--store", help="store path (default: store.path)")
+        str | None, typer.Option("--store", help="store path or URL (default: store.path)")
     ] = None,
 ) -> None:
     """Generate shards until the store holds SAMPLES; a re-run fills only missing shards.
@@ -89,7 +91,7 @@ def generate(
 
 
 def regenerate(
-    store: Annotated[Path, typer.Argument(help="sample store")],
+    store: Annotated[str, typer.Argument(help=STORE_HELP)],
     sample_id: Annotated[str, typer.Argument(help="sample id from the manifest")],
     config: Annotated[
         Path | None, typer.Option("--config", help="use this config's models")
@@ -118,7 +120,7 @@ def regenerate(
 
 
 @store_app.command("verify")
-def verify(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
+def verify(store: Annotated[str, typer.Argument(help=STORE_HELP)]) -> None:
     """Re-read every committed sample against its sha256; list every problem and exit 2
     on any; orphans (`store repair` removes them) and shards live writers hold do not fail it."""
     report = verify_store(store)
@@ -132,7 +134,7 @@ def verify(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
 
 
 @store_app.command("repair")
-def repair(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
+def repair(store: Annotated[str, typer.Argument(help=STORE_HELP)]) -> None:
     """Delete what `store verify` lists as orphans (temp files, data of shards that never
     committed, claims of dead writers); committed shards and shards live writers hold are
     never touched."""
@@ -143,7 +145,7 @@ def repair(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
 
 
 @store_app.command("stats")
-def stats(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
+def stats(store: Annotated[str, typer.Argument(help=STORE_HELP)]) -> None:
     """Counts, class fractions (against generation.class_targets), QA and reject rates,
     from the manifests."""
     s = store_stats(store)
@@ -167,7 +169,7 @@ def stats(store: Annotated[Path, typer.Argument(help="sample store")]) -> None:
 
 @store_app.command("export")
 def export(
-    store: Annotated[Path, typer.Argument(help="sample store")],
+    store: Annotated[str, typer.Argument(help=STORE_HELP)],
     out: Annotated[Path, typer.Argument(help="new folder")],
     format: Annotated[str, typer.Option("--format", help=" | ".join(FORMATS))] = "loveda",
     config: Annotated[

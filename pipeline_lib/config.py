@@ -277,7 +277,9 @@ class GeoConfig(Section):
 
 
 class StoreConfig(Section):
-    path: Path | None = None
+    path: str | Path | None = Field(
+        None, description="a folder, or an object store URL (s3://bucket/prefix/store.zarr)"
+    )
     shard_size: int = Field(16, ge=1, le=4096)
     compression_level: int = Field(3, ge=1, le=22, description="zstd level of the labels")
     image_codec: Literal[IMAGE_CODECS] = Field(  # type: ignore[valid-type]
@@ -437,6 +439,8 @@ class FactoryConfig(Section):
         ]
         for section, key, default in defaults:
             value = getattr(section, key)
+            if isinstance(value, str) and "://" in value and not value.startswith("file://"):
+                continue  # an object store URL (store.path): see store/object_store.py
             resolved = default if value is None else Path(value).expanduser().absolute()
             # Bypass validate_assignment: the values are already valid Paths.
             section.__dict__[key] = resolved
@@ -463,7 +467,12 @@ class FactoryConfig(Section):
         data = self.model_dump()
         data["name"] = f"{self.name}-{style}"
         data["generation"]["styles"] = {style: data["generation"]["styles"][style]}
-        data["store"]["path"] = self.store.path.with_name(f"{self.store.path.stem}-{style}.zarr")
+        store = self.store.path
+        if isinstance(store, str):  # an object store URL
+            head, _, name = store.rpartition("/")
+            data["store"]["path"] = f"{head}/{Path(name).stem}-{style}.zarr"
+        else:
+            data["store"]["path"] = store.with_name(f"{store.stem}-{style}.zarr")
         data["validation"]["output"] = self.validation.output.with_name(
             f"{self.validation.output.name}-{style}"
         )

@@ -56,6 +56,10 @@ class ShardClaimedError(StoreError, FileExistsError):
     """Another live writer holds the shard's claim: it generates and commits that shard."""
 
 
+class ManifestExistsError(StoreError, FileExistsError):
+    """Another writer committed the shard first (object stores): its manifest stands."""
+
+
 class StoreWriteError(StoreError, OSError):
     """The disk refused a store write (full, read-only, no permission); nothing was committed."""
 

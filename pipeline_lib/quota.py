@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline_lib.errors import FactoryError, ShardClaimedError
 from pipeline_lib.store.claims import shard_is_claimed
+from pipeline_lib.store.object_store import location
 from pipeline_lib.store.shard_writer import ShardResult
 from pipeline_lib.store.store import committed_count, plan_shards
 
@@ -46,7 +47,7 @@ def quota_steps_reached(committed: int, every: int, quota: int) -> list[int]:
 class QuotaRun:
     """What one generate-to-quota run did."""
 
-    store: Path
+    store: Path | str
     committed: int
     shards_written: int
     rejected: int
@@ -90,7 +91,7 @@ def generate_to_quota(
     if (make_shard is None) == (run_round is None):
         raise TypeError("generate_to_quota takes either make_shard or run_round")
     run_round = run_round or one_by_one(make_shard)
-    store = Path(store)
+    store = location(store)
     written = rejected = 0
     waiting_for: list[int] = []
     while plan := plan_shards(store, quota, shard_size, top_up=True):

@@ -58,8 +58,7 @@ def shard_rounds(config: FactoryConfig, generate: Task, commit: Task) -> Iterato
     from distributed import as_completed
     from prefect_dask import DaskTaskRunner
 
-    # Created once here, not by the first shards at once: creating a store clears its
-    # folder, lock file included, so two processes creating one can both go ahead.
+    # Created here, once, rather than by every worker's first shard at the same moment.
     open_store_for(config)
     with DaskTaskRunner(**dask_runner_options(config.prefect.dask)) as runner:
 

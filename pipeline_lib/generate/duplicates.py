@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_lib.data.classes import MAX_VALUE
-from pipeline_lib.store.manifest import manifest_path, read_manifest
+from pipeline_lib.store.manifest import manifest_stamp, read_manifest
 from pipeline_lib.store.store import SampleStore
 
 NEAR_DUPLICATE = "near_duplicate"
@@ -40,9 +40,9 @@ def signature_distances(signature: np.ndarray, others: np.ndarray) -> np.ndarray
 
 
 @lru_cache(maxsize=4096)
-def _shard_signatures(store: Path, shard_id: int, stamp: tuple[int, int], grid: int) -> np.ndarray:
+def _shard_signatures(store: Path | str, shard_id: int, stamp: tuple, grid: int) -> np.ndarray:
     # A committed shard never changes while its manifest does not: ``stamp`` (the manifest's
-    # mtime and size) keys the cache, so each shard is read once per process.
+    # mtime and size, or its ETag) keys the cache, so each shard is read once per process.
     del stamp
     indices = read_manifest(store, shard_id)["index"].to_numpy()
     if not len(indices):
@@ -57,9 +57,9 @@ def committed_signatures(store: SampleStore, grid: int) -> np.ndarray:
     """(N, grid * grid) signatures of every committed label of ``store``."""
     parts = [np.zeros((0, grid * grid), np.uint8)]
     for shard_id in store.committed_shards():
-        stat = manifest_path(store.path, shard_id).stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        parts.append(_shard_signatures(store.path.absolute(), shard_id, stamp, grid))
+        stamp = manifest_stamp(store.path, shard_id)
+        root = store.path if store.is_object_store else store.path.absolute()
+        parts.append(_shard_signatures(root, shard_id, stamp, grid))
     return np.concatenate(parts)
 
 

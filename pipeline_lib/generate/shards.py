@@ -11,7 +11,7 @@ import logging
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.generate.sampler import Generator
 from pipeline_lib.store.claims import claim_uncommitted, release_claim
-from pipeline_lib.store.manifest import manifest_path, read_manifest, read_shard_meta
+from pipeline_lib.store.manifest import is_committed, read_manifest, read_shard_meta
 from pipeline_lib.store.shard_writer import (
     ShardResult,
     StagedShard,
@@ -76,6 +76,6 @@ def generate_and_commit_shard(
 ) -> ShardResult:
     """Generate shard ``shard_id`` and commit it; an already committed shard is only read."""
     store = open_store_for(cfg)
-    if manifest_path(store.path, shard_id).is_file():
+    if is_committed(store.path, shard_id):
         return shard_result(store, shard_id, already_committed=True)
     return commit_staged(cfg, stage_generated_shard(cfg, generator, shard_id))

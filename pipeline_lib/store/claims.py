@@ -7,6 +7,9 @@ host name or clock is trusted (pids repeat, containers share hosts, clocks drift
 file's JSON says who claimed the shard (for people) and carries a token: the commit may
 run in another process than the staging (a Prefect task on another worker) and proves its
 right to the shard by the token.
+
+On an object store (``s3://...``) there is no flock: claims there are leases
+(``leases.py``), and each function below hands such a store over to that module.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline_lib.errors import ShardClaimedError
-from pipeline_lib.store.manifest import manifest_path
+from pipeline_lib.store import leases
+from pipeline_lib.store.manifest import is_committed
+from pipeline_lib.store.object_store import is_url, join, location
 from pipeline_lib.store.store import store_lock
 
 log = logging.getLogger(__name__)
@@ -54,13 +59,22 @@ class ShardClaim:
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host} (since {self.since})"
 
+    @classmethod
+    def from_record(cls, record: dict | None) -> ShardClaim | None:
+        try:
+            return cls(*(record[k] for k in ("shard_id", "token", "pid", "host", "since")))
+        except (KeyError, TypeError):  # absent, or not a claim we wrote
+            return None
 
-def claim_path(store: str | Path, shard_id: int) -> Path:
-    return Path(store) / CLAIM_DIR / f"shard-{shard_id:05d}{_SUFFIX}"
+
+def claim_path(store: str | Path, shard_id: int) -> Path | str:
+    return join(location(store), CLAIM_DIR, f"shard-{shard_id:05d}{_SUFFIX}")
 
 
-def claim_files(store: str | Path) -> list[tuple[int, Path]]:
+def claim_files(store: str | Path) -> list[tuple[int, Path | str]]:
     """(shard id, path) of every claim file and every claim being written, sorted."""
+    if is_url(store):
+        return [(k, claim_path(store, k)) for k in leases.claim_ids(location(store))]
     folder = Path(store) / CLAIM_DIR
     if not folder.is_dir():
         return []
@@ -75,11 +89,16 @@ def claim_files(store: str | Path) -> list[tuple[int, Path]]:
 
 def read_claim(store: str | Path, shard_id: int) -> ShardClaim | None:
     """The claim recorded for ``shard_id`` (held or not), or None without a readable one."""
+    if is_url(store):
+        return ShardClaim.from_record(leases.read_claim(location(store), shard_id))
     return _read(claim_path(store, shard_id))
 
 
 def is_held(path: str | Path) -> bool:
     """Whether a live process holds the claim (or pending claim) file at ``path``."""
+    if is_url(path):  # <store url>/claims/shard-00007.claim
+        store, _, name = str(path).rpartition(f"/{CLAIM_DIR}/")
+        return leases.is_live(leases.read_claim(store, int(name[6:11])))
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -109,6 +128,8 @@ def claim_shard(
     holds it already). The caller checks for a commit after claiming: a shard committed
     meanwhile stays committed.
     """
+    if is_url(store):
+        return ShardClaim.from_record(leases.claim_shard(location(store), shard_id, token))
     path = claim_path(store, shard_id)
     _prune()
     with _held_guard:
@@ -135,6 +156,8 @@ def claim_shard(
 
 def release_claim(store: str | Path, shard_id: int, token: str) -> None:
     """Give shard ``shard_id``'s claim up, if ``token`` still holds it."""
+    if is_url(store):
+        return leases.release_claim(location(store), shard_id, token)
     path = claim_path(store, shard_id)
     with _held_guard:
         held = _held.get(path)
@@ -164,14 +187,21 @@ def require_claim(
     )
 
 
+def confirm_claim(store: str | Path, shard_id: int, token: str) -> None:
+    """Make sure ``token`` still holds shard ``shard_id``'s claim right before committing:
+    a flock cannot be lost; a lease is renewed now (ShardClaimedError if it was taken over)."""
+    if is_url(store):
+        leases.renew(location(store), shard_id, token)
+
+
 def claim_uncommitted(store: str | Path, shard_id: int) -> ShardClaim | None:
     """Shard ``shard_id``'s claim for writing it, or None when the shard is committed
     (before the claim, or by the writer that held it before); ShardClaimedError while a
     live writer holds it."""
-    if manifest_path(store, shard_id).is_file():
+    if is_committed(store, shard_id):
         return None
     claim = require_claim(store, shard_id)
-    if manifest_path(store, shard_id).is_file():
+    if is_committed(store, shard_id):
         release_claim(store, shard_id, claim.token)
         return None
     return claim

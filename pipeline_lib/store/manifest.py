@@ -6,6 +6,10 @@ needs (seed, prompts, steps, guidance, scheduler, model hashes) plus its class f
 QA scores and checksums. Shard-level facts (attempts, rejects by reason, the generation
 config) live in the file's key-value metadata.
 
+On an object store the manifest is serialized in memory and written with one conditional
+PUT (``If-None-Match``): it appears whole or not at all, and only the first of two
+committers of a shard commits it.
+
 Version 2 added the nullable ``dup_distance`` and ``agreement_miou`` columns; version 1
 files still read, with those columns null.
 """
@@ -13,6 +17,7 @@ files still read, with those columns null.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -25,8 +30,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline_lib.data.classes import CLASS_NAMES
-from pipeline_lib.errors import ShardNotFoundError, StoreError
+from pipeline_lib.errors import ManifestExistsError, ShardNotFoundError, StoreError
 from pipeline_lib.store.durable import fsync_dir, fsync_file, refused_write
+from pipeline_lib.store.object_store import is_url, join, location, object_root
 
 # Bump on any change to MANIFEST_SCHEMA; readers refuse versions they do not know.
 SCHEMA_VERSION = 2
@@ -87,31 +93,62 @@ def sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def manifest_dir(store: str | Path) -> Path:
-    return Path(store) / MANIFEST_DIR
+def manifest_dir(store: str | Path) -> Path | str:
+    return join(location(store), MANIFEST_DIR)
 
 
-def manifest_path(store: str | Path, shard_id: int) -> Path:
-    return manifest_dir(store) / f"shard-{shard_id:05d}.parquet"
+def manifest_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}.parquet"
+
+
+def manifest_path(store: str | Path, shard_id: int) -> Path | str:
+    return join(manifest_dir(store), manifest_name(shard_id))
+
+
+def is_committed(store: str | Path, shard_id: int) -> bool:
+    """Whether shard ``shard_id``'s manifest exists, i.e. the shard is committed."""
+    if is_url(store):
+        return object_root(location(store)).exists(MANIFEST_DIR, manifest_name(shard_id))
+    return manifest_path(store, shard_id).is_file()
+
+
+def manifest_stamp(store: str | Path, shard_id: int) -> tuple:
+    """What changes whenever a shard's manifest file does: (mtime, size), or the ETag."""
+    if is_url(store):
+        return (object_root(location(store)).etag(MANIFEST_DIR, manifest_name(shard_id)),)
+    stat = manifest_path(store, shard_id).stat()
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 def manifest_files(store: str | Path) -> list[tuple[str, int]]:
     """(name, size) of each manifest file, sorted: what a cache key sees of the committed store."""
+    if is_url(store):
+        found = object_root(location(store)).names(MANIFEST_DIR, sizes=True)
+        return [(name, size) for name, size in found if name.endswith(".parquet")]
     return sorted((p.name, p.stat().st_size) for p in manifest_dir(store).glob("*.parquet"))
 
 
 def committed_shard_ids(store: str | Path) -> list[int]:
     """Ids of the shards whose manifest exists, i.e. the committed shards, sorted."""
-    folder = manifest_dir(store)
-    if not folder.is_dir():
-        return []
-    ids = [int(m.group(1)) for p in folder.iterdir() if (m := _SHARD_FILE.match(p.name))]
-    return sorted(ids)
+    if is_url(store):
+        names = object_root(location(store)).names(MANIFEST_DIR)
+    else:
+        folder = manifest_dir(store)
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    return sorted(int(m.group(1)) for name in names if (m := _SHARD_FILE.match(name)))
+
+
+def parquet_source(store: str | Path, shard_id: int) -> tuple[str | Path, Any]:
+    """``(path, filesystem)`` of a shard's manifest as pyarrow's readers take them."""
+    if is_url(store):
+        root = object_root(location(store))
+        return root.key(MANIFEST_DIR, manifest_name(shard_id)), root.fs
+    return manifest_path(store, shard_id), None
 
 
 def write_manifest(
     store: str | Path, shard_id: int, rows: list[dict[str, Any]], shard_meta: dict[str, Any]
-) -> Path:
+) -> Path | str:
     """Write a shard's manifest atomically; its appearance commits the shard.
 
     The temp file is fsynced before the rename, and the folder after it, so that a
@@ -122,6 +159,8 @@ def write_manifest(
     meta = dict(table.schema.metadata or {})
     meta[_META_KEY] = json.dumps(shard_meta).encode()
     table = table.replace_schema_metadata(meta)
+    if is_url(store):
+        return _put_manifest(location(store), shard_id, table)
     path = manifest_path(store, shard_id)
     if not path.parent.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,13 +180,27 @@ def write_manifest(
     return path
 
 
+def _put_manifest(url: str, shard_id: int, table: pa.Table) -> str:
+    # One PUT of the whole file, created only if absent: S3 shows it whole or not at all,
+    # and a second committer of the shard is refused instead of replacing the first.
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    if object_root(url).create((MANIFEST_DIR, manifest_name(shard_id)), buffer.getvalue()) is None:
+        raise ManifestExistsError(
+            f"{manifest_path(url, shard_id)}: shard {shard_id} was committed by another writer; "
+            "its manifest stands"
+        )
+    return manifest_path(url, shard_id)
+
+
 def read_manifest(store: str | Path, shard_id: int) -> pa.Table:
     """One shard's manifest; ShardNotFoundError when the shard is not committed."""
     path = manifest_path(store, shard_id)
-    if not path.is_file():
+    if not is_committed(store, shard_id):
         raise ShardNotFoundError(f"{path}: shard {shard_id} is not committed in {store}")
     try:
-        table = pq.read_table(path)
+        source, filesystem = parquet_source(store, shard_id)
+        table = pq.read_table(source, filesystem=filesystem)
     except (pa.ArrowException, OSError) as error:
         raise _unreadable(path, error) from error
     _check_version(path, table.schema)
@@ -157,9 +210,9 @@ def read_manifest(store: str | Path, shard_id: int) -> pa.Table:
 def read_shard_meta(store: str | Path, shard_id: int) -> dict[str, Any]:
     """A shard's key-value metadata: attempts, rejects by reason, generation config."""
     path = manifest_path(store, shard_id)
-    if not path.is_file():
+    if not is_committed(store, shard_id):
         raise ShardNotFoundError(f"{path}: shard {shard_id} is not committed in {store}")
-    raw = (_read_schema(path).metadata or {}).get(_META_KEY)
+    raw = (_read_schema(store, shard_id).metadata or {}).get(_META_KEY)
     try:
         return json.loads(raw) if raw else {}
     except ValueError as error:
@@ -172,16 +225,17 @@ def manifest_dataset(store: str | Path) -> pads.Dataset:
     Passing the schema explicitly stops pyarrow from taking it from the first file and
     silently dropping columns that only later files have.
     """
-    files = [str(manifest_path(store, k)) for k in committed_shard_ids(store)]
-    return pads.dataset(files, schema=MANIFEST_SCHEMA, format="parquet")
+    sources = [parquet_source(store, k) for k in committed_shard_ids(store)]
+    files = [str(path) for path, _ in sources]
+    filesystem = object_root(location(store)).fs if is_url(store) else None
+    return pads.dataset(files, schema=MANIFEST_SCHEMA, format="parquet", filesystem=filesystem)
 
 
 def read_manifests(store: str | Path) -> pa.Table:
     """All committed rows as one table, sorted by array row."""
     shard_ids = committed_shard_ids(store)
     for shard_id in shard_ids:
-        path = manifest_path(store, shard_id)
-        _check_version(path, _read_schema(path))
+        _check_version(manifest_path(store, shard_id), _read_schema(store, shard_id))
     try:
         table = manifest_dataset(store).to_table()
     except (pa.ArrowException, OSError):
@@ -191,14 +245,15 @@ def read_manifests(store: str | Path) -> pa.Table:
     return table.sort_by("index")
 
 
-def _read_schema(path: Path) -> pa.Schema:
+def _read_schema(store: str | Path, shard_id: int) -> pa.Schema:
     try:
-        return pq.read_schema(path)
+        source, filesystem = parquet_source(store, shard_id)
+        return pq.read_schema(source, filesystem=filesystem)
     except (pa.ArrowException, OSError) as error:
-        raise _unreadable(path, error) from error
+        raise _unreadable(manifest_path(store, shard_id), error) from error
 
 
-def _unreadable(path: Path, error: Exception) -> StoreError:
+def _unreadable(path: Path | str, error: Exception) -> StoreError:
     return StoreError(
         f"{path}: unreadable manifest ({error}); the shard's commit record is damaged: "
         "delete the file to regenerate the shard, or restore it from a backup"
@@ -213,7 +268,7 @@ def _with_current_columns(table: pa.Table) -> pa.Table:
     return table.select(MANIFEST_SCHEMA.names)
 
 
-def _check_version(path: Path, schema: pa.Schema) -> None:
+def _check_version(path: Path | str, schema: pa.Schema) -> None:
     found = (schema.metadata or {}).get(b"schema_version", b"?").decode()
     if found not in {str(v) for v in READABLE_VERSIONS}:
         readable = ", ".join(str(v) for v in READABLE_VERSIONS)

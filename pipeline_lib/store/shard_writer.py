@@ -4,6 +4,10 @@ A process killed at any moment leaves either no manifest (the shard is invisible
 simply regenerated and rewritten whole by the next run) or a complete one. A writer holds
 the shard's claim (``claims.py``) from staging until its commit, so two runs on one store
 never write the same shard's rows at once.
+
+On an object store each array's part of a shard is one object, written whole by one PUT,
+and the commit is one conditional PUT of the manifest (``manifest.py``), so the same holds
+without rename or fsync; the commit renews the writer's lease on the shard first.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE
-from pipeline_lib.errors import DataError, IntegrityError, StoreError
+from pipeline_lib.errors import DataError, IntegrityError, ManifestExistsError, StoreError
 from pipeline_lib.store.claims import (
     ShardClaim,
     claim_uncommitted,
+    confirm_claim,
     release_claim,
     require_claim,
 )
@@ -30,6 +35,7 @@ from pipeline_lib.store.durable import fsync_dir, fsync_file, fsync_tree, refuse
 from pipeline_lib.store.manifest import (
     FRACTION_COLUMNS,
     SCHEMA_VERSION,
+    is_committed,
     manifest_path,
     read_manifest,
     read_shard_meta,
@@ -37,6 +43,7 @@ from pipeline_lib.store.manifest import (
     sha256,
     write_manifest,
 )
+from pipeline_lib.store.object_store import join, object_root
 from pipeline_lib.store.store import SampleStore, ensure_capacity, store_lock
 
 log = logging.getLogger(__name__)
@@ -116,7 +123,7 @@ def stage_shard(
 
 
 def _stage(store: SampleStore, data: ShardData, claim: ShardClaim) -> StagedShard:
-    if manifest_path(store.path, data.shard_id).is_file():
+    if is_committed(store.path, data.shard_id):
         raise StoreError(
             f"{manifest_path(store.path, data.shard_id)}: shard {data.shard_id} is already "
             "committed; its arrays are not rewritten"
@@ -124,6 +131,7 @@ def _stage(store: SampleStore, data: ShardData, claim: ShardClaim) -> StagedShar
     _check(store, data)
     n = len(data.rows)
     rows = store.shard_rows(data.shard_id)
+    confirm_claim(store.path, data.shard_id, claim.token)
     try:
         ensure_capacity(store, rows.stop)
         images, labels = store.arrays(mode="r+")
@@ -178,14 +186,17 @@ def commit_staged_shard(store: SampleStore, staged: StagedShard) -> ShardResult:
     another live writer holds the claim.
     """
     with store_lock(store.path):
-        if manifest_path(store.path, staged.shard_id).is_file():
+        if is_committed(store.path, staged.shard_id):
             if staged.claim_token:
                 release_claim(store.path, staged.shard_id, staged.claim_token)
             return shard_result(store, staged.shard_id, already_committed=True)
         token = staged.claim_token or None
         claim = require_claim(store.path, staged.shard_id, token, store_locked=True)
         try:
+            confirm_claim(store.path, staged.shard_id, claim.token)
             _publish(store, staged)
+        except ManifestExistsError:  # object stores: another writer committed it first
+            return shard_result(store, staged.shard_id, already_committed=True)
         finally:
             release_claim(store.path, staged.shard_id, claim.token)
     return shard_result(store, staged.shard_id)
@@ -239,28 +250,38 @@ def shard_result(store: SampleStore, shard_id: int, already_committed: bool = Fa
     )
 
 
-def staged_data_dirs(store: SampleStore, shard_id: int) -> list[Path]:
-    """The folders holding shard ``shard_id``'s array data, where they exist."""
+def staged_data_dirs(store: SampleStore, shard_id: int) -> list[Path | str]:
+    """The folders (object prefixes) holding shard ``shard_id``'s array data, where they exist."""
+    if store.is_object_store:
+        root = object_root(store.path)
+        names = [n for n in ("images", "labels") if str(shard_id) in root.names(n, "c")]
+        return [join(store.path, n, "c", str(shard_id)) for n in names]
     dirs = [store.path / name / "c" / str(shard_id) for name in ("images", "labels")]
     return [d for d in dirs if d.is_dir()]
 
 
-def discard_staged(store: SampleStore, shard_id: int) -> list[Path]:
+def discard_staged(store: SampleStore, shard_id: int) -> list[Path | str]:
     """Delete the array data of an uncommitted shard; refuse a committed one."""
-    if manifest_path(store.path, shard_id).is_file():
+    if is_committed(store.path, shard_id):
         raise StoreError(
             f"{manifest_path(store.path, shard_id)}: shard {shard_id} is committed; "
             "its data is never deleted"
         )
     removed = staged_data_dirs(store, shard_id)
     for folder in removed:
-        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(folder, str):
+            object_root(store.path).delete_tree(folder.removeprefix(store.path + "/"))
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     return removed
 
 
 def _sync_shard_data(store: SampleStore, shard_id: int) -> None:
     # Before the manifest names these bytes they must be on disk, with the directories
-    # that name them and the array metadata (a resize rewrote zarr.json).
+    # that name them and the array metadata (a resize rewrote zarr.json). An object
+    # store's PUT is durable once it returns.
+    if store.is_object_store:
+        return
     for name in ("images", "labels"):
         shard_dir = store.path / name / "c" / str(shard_id)
         if shard_dir.is_dir():

@@ -6,6 +6,11 @@ labels through zstd with its checksum (exact, and readable by any Zarr v3 implem
 Shard k owns rows ``[k*S, (k+1)*S)``, so different shards never share a file and any
 worker can write any shard. Which rows hold committed samples is known only from the
 manifests: array rows beyond them read as zeros, never as an error.
+
+On an object store (an ``s3://`` URL, see ``object_store.py``) the arrays are created once,
+pre-sized for ``OBJECT_STORE_SHARDS`` shards, and their metadata is never rewritten: two
+writers on two machines cannot both resize a ``zarr.json`` they cannot lock, and rows
+never written cost nothing (no object) and read as the fill value.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from pipeline_lib.store.codecs import DEFAULT_IMAGE_CODEC, image_codecs, label_c
 from pipeline_lib.store.manifest import (
     SCHEMA_VERSION,
     committed_shard_ids,
-    manifest_path,
+    parquet_source,
     read_manifests,
     sha256,
 )
+from pipeline_lib.store.object_store import is_url, join, location, object_root
 from pipeline_lib.store.shard_reader import ShardReader
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,9 @@ LOCK_FILE = ".writer.lock"
 STORE_ATTRS = ("shard_size", "height", "width")
 # Shards the arrays are pre-sized for when a store is created; they grow by doubling.
 INITIAL_SHARDS = 4
+# Shards an object store's arrays are sized for, once: a million shards (64 million samples
+# at 64 per shard). Unwritten shards cost nothing.
+OBJECT_STORE_SHARDS = 2**20
 
 
 @contextmanager
@@ -49,8 +58,12 @@ def store_lock(path: str | Path) -> Iterator[None]:
     """An exclusive advisory lock: only its holder creates or resizes the arrays.
 
     zarr's resize rewrites zarr.json; two resizing processes would race, data writes to
-    different shards of a pre-sized array would not.
+    different shards of a pre-sized array would not. An object store needs no lock
+    (its arrays never resize, its metadata and manifests are created conditionally).
     """
+    if is_url(path):
+        yield
+        return
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with open(path / LOCK_FILE, "a") as handle:
@@ -65,15 +78,15 @@ class SampleStore:
     """An opened store: its geometry, arrays and read access to committed samples."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+        self.path = location(path)
+        if not self._exists("zarr.json"):
             raise StoreError(
                 f"{self.path}: no sample store here (zarr.json missing); "
                 "run `lfactory generate` to create one"
             )
-        meta = self.path / "zarr.json"
+        meta = join(self.path, "zarr.json")
         try:
-            attrs = dict(zarr.open_group(self.path, mode="r").attrs)
+            attrs = dict(zarr.open_group(self._zarr_store("r"), mode="r").attrs)
         except (ValueError, TypeError, KeyError) as error:  # what zarr raises on bad JSON
             raise StoreError(f"{meta}: unreadable store metadata ({error})") from error
         if attrs.get("format") != STORE_FORMAT:
@@ -89,7 +102,24 @@ class SampleStore:
         # changed (a resize rewrites zarr.json): (pid, metadata stamp, arrays, readers).
         self._opened: tuple | None = None
 
+    @property
+    def is_object_store(self) -> bool:
+        return isinstance(self.path, str)
+
+    def _exists(self, *parts: str) -> bool:
+        if self.is_object_store:
+            return object_root(self.path).exists(*parts)
+        return self.path.joinpath(*parts).is_file()
+
+    def _zarr_store(self, mode: str):
+        """What zarr opens: the folder, or an FsspecStore on the URL."""
+        if self.is_object_store:
+            return object_root(self.path).zarr_store(read_only=mode == "r")
+        return self.path
+
     def _metadata_stamp(self) -> tuple:
+        if self.is_object_store:
+            return ("never resized",)
         stamps = []
         for name in ("images", "labels"):
             try:
@@ -104,8 +134,9 @@ class SampleStore:
         opened = self._opened
         if opened is None or opened[0] != os.getpid() or opened[1] != stamp or not stamp:
             arrays = self._open_arrays("r")
+            # Object stores are read through zarr; the direct reader is for local files.
             readers = tuple(
-                ShardReader.for_array(self.path / name, array)
+                None if self.is_object_store else ShardReader.for_array(self.path / name, array)
                 for name, array in zip(("images", "labels"), arrays, strict=True)
             )
             opened = self._opened = (os.getpid(), stamp, arrays, readers)
@@ -121,14 +152,14 @@ class SampleStore:
         return self._open_arrays(mode)
 
     def _open_arrays(self, mode: str) -> tuple[zarr.Array, zarr.Array]:
-        group = zarr.open_group(self.path, mode=mode)
+        group = zarr.open_group(self._zarr_store(mode), mode=mode)
         arrays = []
         for name in ("images", "labels"):
             try:
                 arrays.append(group[name])
             except (ValueError, TypeError, KeyError) as error:  # absent or bad zarr.json
                 raise StoreError(
-                    f"{self.path / name / 'zarr.json'}: array metadata missing or unreadable "
+                    f"{join(self.path, name, 'zarr.json')}: array metadata missing or unreadable "
                     f"({type(error).__name__}: {error}); the store is damaged"
                 ) from error
         return arrays[0], arrays[1]
@@ -163,6 +194,8 @@ class SampleStore:
                 raise IndexError(f"rows outside 0..{images.shape[0] - 1}")
             if None not in readers:
                 return readers[0].read(idx), readers[1].read(idx)
+            if self.is_object_store:
+                return _read_runs(images, idx), _read_runs(labels, idx)
             return (
                 images.get_orthogonal_selection((idx,)),
                 labels.get_orthogonal_selection((idx,)),
@@ -202,6 +235,21 @@ class SampleStore:
         return images[0], labels[0], row
 
 
+def _read_runs(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]``, each run of consecutive rows read as one slice.
+
+    zarr's integer-array selection allocates arrays over every chunk of the dimension, which
+    on a pre-sized object store are millions; a slice touches only the chunks it needs.
+    """
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    for run in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(ordered) != 1) + 1):
+        if len(run):
+            out[order[run]] = array[int(ordered[run[0]]) : int(ordered[run[-1]]) + 1]
+    return out
+
+
 def create_or_open_store(
     path: str | Path,
     *,
@@ -217,11 +265,14 @@ def create_or_open_store(
     ``image_codec`` names a lossless image codec of ``choices.IMAGE_CODECS``. Both apply only
     when the store is created: an existing store keeps the codecs it was written with.
     """
-    path = Path(path)
-    with store_lock(path):
-        if not (path / "zarr.json").is_file():
-            _create(path, shard_size, height, width, compression_level, image_codec)
-            log.info("created store %s (shard_size %d, %dx%d)", path, shard_size, height, width)
+    path = location(path)
+    if isinstance(path, str):
+        _create_on_object_store(path, shard_size, height, width, compression_level, image_codec)
+    else:
+        with store_lock(path):
+            if not (path / "zarr.json").is_file():
+                _create(path, shard_size, height, width, compression_level, image_codec)
+                log.info("created store %s (shard_size %d, %dx%d)", path, shard_size, height, width)
     store = SampleStore(path)
     wanted = (shard_size, height, width)
     found = (store.shard_size, store.height, store.width)
@@ -234,13 +285,21 @@ def create_or_open_store(
 
 
 def _create(
-    path: Path, shard_size: int, height: int, width: int, level: int, image_codec: str
+    path,
+    shard_size: int,
+    height: int,
+    width: int,
+    level: int,
+    image_codec: str,
+    shards: int = INITIAL_SHARDS,
 ) -> None:
     # Resolved first: an unknown codec name then leaves no half-created store behind.
     codecs = {"images": image_codecs(image_codec, level), "labels": label_codecs(level)}
+    # "a", not "w": "w" empties the folder first, the store lock's own file with it, and a
+    # second creator could then lock a new file and create the store again beside this one.
     group = zarr.open_group(
         path,
-        mode="w",
+        mode="a",
         attributes={
             "format": STORE_FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -249,7 +308,7 @@ def _create(
             "width": width,
         },
     )
-    rows = INITIAL_SHARDS * shard_size
+    rows = shards * shard_size
     # Every chain ends in a checksum: a flipped byte fails the read instead of returning
     # wrong pixels.
     for name, sample in (("images", (height, width, 3)), ("labels", (height, width))):
@@ -265,11 +324,37 @@ def _create(
         )
 
 
+def _create_on_object_store(
+    url: str, shard_size: int, height: int, width: int, level: int, image_codec: str
+) -> None:
+    """Write a new store's metadata objects, each only if absent: arrays first, the group
+    last, so a store whose group exists is whole, and a creator racing another (or
+    re-running after being killed) never replaces what is there."""
+    root = object_root(url)
+    if root.exists("zarr.json"):
+        return
+    # The metadata documents are made by zarr itself, in memory, then copied.
+    documents: dict = {}
+    memory = zarr.storage.MemoryStore(documents)
+    _create(memory, shard_size, height, width, level, image_codec, shards=OBJECT_STORE_SHARDS)
+    for key in sorted(documents, key=lambda k: k == "zarr.json"):
+        root.create(tuple(key.split("/")), documents[key].to_bytes())
+    log.info("created store %s (shard_size %d, %dx%d)", url, shard_size, height, width)
+
+
 def ensure_capacity(store: SampleStore, rows: int) -> None:
-    """Grow both arrays (by doubling) to hold at least ``rows`` rows, under the lock."""
+    """Grow both arrays (by doubling) to hold at least ``rows`` rows, under the lock.
+
+    An object store's arrays never grow (see the module's docstring).
+    """
     images, _ = store.arrays()
     if images.shape[0] >= rows:
         return
+    if store.is_object_store:
+        raise StoreError(
+            f"{store.path}: shard {rows // store.shard_size - 1} lies beyond the "
+            f"{images.shape[0] // store.shard_size} shards this object store holds"
+        )
     with store_lock(store.path):
         images, labels = store.arrays(mode="r+")
         if images.shape[0] >= rows:
@@ -281,11 +366,18 @@ def ensure_capacity(store: SampleStore, rows: int) -> None:
         log.info("grew %s to %d rows", store.path, new)
 
 
+def store_exists(path: str | Path) -> bool:
+    """Whether there is a store (a folder, or an object store's ``zarr.json``) at ``path``."""
+    path = location(path)
+    if isinstance(path, str):
+        return object_root(path).exists("zarr.json")
+    return path.exists()
+
+
 def committed_count(store: str | Path) -> int:
     """Committed samples, from manifest footers only (no data read)."""
-    return sum(
-        pq.read_metadata(manifest_path(store, k)).num_rows for k in committed_shard_ids(store)
-    )
+    sources = [parquet_source(store, k) for k in committed_shard_ids(store)]
+    return sum(pq.read_metadata(path, filesystem=fs).num_rows for path, fs in sources)
 
 
 def plan_shards(store: str | Path, quota: int, shard_size: int, top_up: bool = False) -> list[int]:

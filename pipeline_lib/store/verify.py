@@ -25,12 +25,13 @@ from pipeline_lib.store.claims import (
 from pipeline_lib.store.manifest import (
     FRACTION_COLUMNS,
     MANIFEST_DIR,
-    manifest_path,
+    is_committed,
     read_manifest,
     read_shard_meta,
     recorded_class_targets,
     sha256,
 )
+from pipeline_lib.store.object_store import join, object_root
 from pipeline_lib.store.store import SampleStore, store_lock
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class VerifyReport:
     ``in_progress`` names the shards live writers hold claims on right now.
     """
 
-    path: Path
+    path: Path | str
     shards: int
     samples: int
     problems: tuple[str, ...] = ()
@@ -165,7 +166,7 @@ class Leftover:
     ``shard`` is the shard it belongs to, if any: it is deleted only under that shard's claim.
     """
 
-    path: Path
+    path: Path | str
     why: str
     shard: int | None = None
 
@@ -190,18 +191,13 @@ def leftovers(store: SampleStore, committed: set[int] | None = None) -> list[Lef
         committed = set(store.committed_shards())
     held = {k for k, _ in held_claims(store.path)}
     found = []
-    for path in sorted(store.path.rglob("*.partial")):
+    for path in [] if store.is_object_store else sorted(store.path.rglob("*.partial")):
         shard = _shard_of(store, path)
         if shard not in held:
             found.append(Leftover(path, "temp file of an interrupted write", shard))
     for name in ("images", "labels"):
-        chunk_root = store.path / name / "c"
-        if not chunk_root.is_dir():
-            continue
-        for shard_dir in sorted(chunk_root.iterdir(), key=lambda p: p.name):
-            if not shard_dir.name.isdigit():
-                continue
-            shard = int(shard_dir.name)
+        for shard_dir in _shard_folders(store, name):
+            shard = int(str(shard_dir).rsplit("/", 1)[-1])
             if shard not in committed and shard not in held:
                 found.append(
                     Leftover(
@@ -224,6 +220,18 @@ def leftovers(store: SampleStore, committed: set[int] | None = None) -> list[Lef
                 )
             )
     return found
+
+
+def _shard_folders(store: SampleStore, name: str) -> list[Path | str]:
+    """The folders (object prefixes) of ``name``'s shards: ``<name>/c/<k>``, by ``k``."""
+    if store.is_object_store:
+        found = object_root(store.path).names(name, "c")
+        return [join(store.path, name, "c", k) for k in sorted(found, key=int) if k.isdigit()]
+    chunk_root = store.path / name / "c"
+    if not chunk_root.is_dir():
+        return []
+    folders = sorted(chunk_root.iterdir(), key=lambda p: p.name)
+    return [folder for folder in folders if folder.name.isdigit()]
 
 
 def _shard_of(store: SampleStore, path: Path) -> int | None:
@@ -266,16 +274,25 @@ def _remove(store: SampleStore, shard: int | None, found: list[Leftover]) -> lis
     try:
         removed = []
         for leftover in found:
-            if leftover.path.is_dir():
-                if manifest_path(store.path, shard).is_file():
+            if leftover.path == claim_path(store.path, shard):
+                pass  # taken over above; releasing the claim deletes it
+            elif isinstance(leftover.path, str) or leftover.path.is_dir():
+                if is_committed(store.path, shard):
                     continue  # committed since it was listed: its data stays
-                shutil.rmtree(leftover.path)
-            elif leftover.path != claim_path(store.path, shard):
+                _remove_folder(store, leftover.path)
+            else:
                 leftover.path.unlink(missing_ok=True)
             removed.append(leftover)
         return removed
     finally:
         release_claim(store.path, shard, claim.token)
+
+
+def _remove_folder(store: SampleStore, folder: Path | str) -> None:
+    if isinstance(folder, str):  # an object store's prefix
+        object_root(store.path).delete_tree(folder.removeprefix(f"{store.path}/"))
+    else:
+        shutil.rmtree(folder)
 
 
 @dataclass(frozen=True)

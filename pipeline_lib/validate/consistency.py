@@ -32,7 +32,7 @@ class ConsistencyResult:
         return asdict(self)
 
 
-def export_for_scoring(store: Path, out: Path, limit: int | None = None) -> Path:
+def export_for_scoring(store: Path | str, out: Path, limit: int | None = None) -> Path:
     """The store's committed samples as a LoveDA Val split at ``out`` (once)."""
     from pipeline_lib.store.export import export_store
 
@@ -44,13 +44,15 @@ def export_for_scoring(store: Path, out: Path, limit: int | None = None) -> Path
 def consistency(
     cfg: ValidationConfig,
     segmenter_checkpoint: Path,
-    store: Path,
+    store: Path | str,
     work_dir: Path,
     progress: bool = True,
 ) -> ConsistencyResult:
     """mIoU of the Ori. segmenter on the store's images against the store's labels."""
+    from pipeline_lib.store.object_store import location
+
     work_dir = Path(work_dir)
-    folder = export_for_scoring(Path(store), work_dir / "generated-as-val")
+    folder = export_for_scoring(location(store), work_dir / "generated-as-val")
     scores = score_checkpoint(
         cfg, Path(segmenter_checkpoint), folder, work_dir / "data-cache", progress=progress
     )

@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 
 def usable_samples(cfg: FactoryConfig, samples: int | None = None) -> int:
     """How many committed samples a round may train on: the store's, at most ``samples``."""
-    store = Path(cfg.store.path)
-    if not store.exists():
+    from pipeline_lib.store.object_store import location
+    from pipeline_lib.store.store import committed_count, store_exists
+
+    store = location(cfg.store.path)
+    if not store_exists(store):
         raise StoreError(
             f"{store}: no generated store yet; run `lfactory generate CONFIG` "
             "(or `lfactory run CONFIG`) first, or validate with --data ori"
         )
-    from pipeline_lib.store.store import committed_count
-
     count = committed_count(store)
     return count if samples is None else min(count, samples)
 
@@ -33,13 +34,15 @@ def usable_samples(cfg: FactoryConfig, samples: int | None = None) -> int:
 def export_generated(cfg: FactoryConfig, samples: int | None = None) -> Path:
     """Export the store's first ``samples`` committed samples (all when None) to a LoveDA
     Train folder, once per sample count: a quota step validates exactly its own samples."""
+    from pipeline_lib.store.object_store import location
+
     count = usable_samples(cfg, samples)
-    store = Path(cfg.store.path)
+    store = location(cfg.store.path)
     if count == 0:
         raise StoreError(f"{store}: no committed samples yet; generate some before validating gen")
     from pipeline_lib.store.export import export_store
 
-    out = Path(cfg.validation.output) / "generated" / f"{store.name}-{count}"
+    out = Path(cfg.validation.output) / "generated" / f"{Path(str(store)).name}-{count}"
     if not out.is_dir():
         log.info("exporting %d generated samples from %s to %s", count, store, out)
         export_store(store, out, format="loveda", split="Train", limit=count)
