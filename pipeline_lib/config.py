@@ -77,7 +77,11 @@ class TrainConfig(Section):
     lr_warmup_steps: int = Field(0, ge=0)
     resolution: int = Field(64, ge=8, le=2048)
     checkpoint_every: int = Field(50, ge=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no",
+        description="autocast on CUDA; on a CPU only bf16, and only where the CPU computes "
+        "bfloat16 natively (AVX512-BF16 or AMX; elsewhere fp32)",
+    )
     seed: int = 0
     output: Path | None = None
     empty_prompt_prob: float = Field(
@@ -94,6 +98,11 @@ class TrainConfig(Section):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an exponential moving average of the weights"
     )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML reads a bare `no` as false
 
     @model_validator(mode="after")
     def _ordered_scale(self) -> TrainConfig:
@@ -232,7 +241,9 @@ class GenerationConfig(Section):
         4, ge=1, description="a shard stops drawing after shard_size times this many labels"
     )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="weights and activations on CUDA; CPU always uses float32"
+        "float32",
+        description="weights and activations on CUDA; on a CPU with native bfloat16, "
+        "bfloat16 autocasts each operation (weights stay float32), else float32",
     )
     qa: QAConfig = Field(default_factory=QAConfig)
     class_targets: dict[str, float] = Field(

@@ -58,6 +58,12 @@ def test_missing_file_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
     assert str(path) in _error(path)
 
 
+def test_a_bare_yaml_no_turns_mixed_precision_off(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "base:\n  mixed_precision: no\n"))
+    assert config.base.mixed_precision == "no"
+    assert "base.mixed_precision" in _error(_write(tmp_path, "base:\n  mixed_precision: yes\n"))
+
+
 def test_valid_yaml_loads_with_paths_made_absolute(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ from pipeline_lib.config import QAConfig, config_from_dict
 from pipeline_lib.data.classes import PALETTE
 from pipeline_lib.generate.qa import OFF_PALETTE, SMALL_FRAGMENTS, fragment_stats, score_label
 from pipeline_lib.generate.seeds import sample_id, sample_seed
+from pipeline_lib.precision import cpu_has_bf16
 from pipeline_lib.store import plan_shards, read_manifests, store_stats, verify_store
 
 RES = 32
@@ -120,6 +121,22 @@ def test_a_stochastic_label_sampler_is_recorded_and_regenerates_bit_identically(
     # DDPM draws fresh noise at every step: replaying needs each sample's own generator.
     rebuilt = regenerate(cfg.store.path, row["sample_id"])
     assert rebuilt.identical and rebuilt.models_match
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU computes no bfloat16 natively")
+def test_bf16_sampling_on_a_cpu_autocasts_and_regenerates_bit_identically(tmp_path, models):
+    from pipeline_lib.generate import Generator, generate_and_commit_shard, regenerate
+
+    fp32 = Generator(make_config(tmp_path / "fp32", models))
+    cfg = make_config(tmp_path / "bf16", models, dtype="bfloat16")
+    bf16 = Generator(cfg)
+    assert bf16.cpu_autocast and not fp32.cpu_autocast
+    draws = [bf16.draw(0, attempt) for attempt in range(2)]
+    # The same draws in the two precisions differ: the bf16 pass really ran in bf16.
+    assert not np.array_equal(bf16.sample_labels(draws)[0][0], fp32.sample_labels(draws)[0][0])
+    generate_and_commit_shard(cfg, bf16, 0)
+    row = read_manifests(cfg.store.path).to_pylist()[0]
+    assert regenerate(cfg.store.path, row["sample_id"]).identical
 
 
 def test_rejected_labels_are_counted_not_stored(tmp_path, models):

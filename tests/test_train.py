@@ -20,6 +20,7 @@ from pipeline_lib.errors import CheckpointError, DataError
 from pipeline_lib.models.build import init_models
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.presets import FROM_SCRATCH_LORA_TARGETS
+from pipeline_lib.precision import cpu_has_bf16
 from pipeline_lib.train import train_controlnet, train_label_lora
 from pipeline_lib.train.resumable import latest_checkpoint
 
@@ -78,6 +79,45 @@ def test_label_lora_overfits_one_fixed_tile(tmp_path, base):
     losses = [loss for _, loss in summary.loss_curve]
     assert len(losses) == 80
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
+
+
+def test_cpu_mixed_precision_is_bf16_only_where_the_cpu_computes_it(tmp_path, base, monkeypatch):
+    from pipeline_lib.train import resumable
+
+    cfg = make_config(tmp_path, base, tmp_path)
+
+    def precision(asked):
+        # Read at once: accelerate keeps one process-wide state for every Accelerator.
+        train = cfg.base.model_copy(update={"mixed_precision": asked})
+        accelerator = resumable.make_accelerator(cfg, train)
+        return accelerator.mixed_precision, resumable.weight_dtype(accelerator)
+
+    native = "bf16" if resumable.cpu_has_bf16() else "no"
+    # Frozen modules keep fp32 weights on a CPU: autocast casts per operation.
+    assert precision("bf16") == (native, torch.float32)
+    assert precision("fp16") == precision("no") == ("no", torch.float32)
+    monkeypatch.setattr(resumable, "cpu_has_bf16", lambda: False)
+    assert precision("bf16") == ("no", torch.float32)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU computes no bfloat16 natively")
+def test_label_model_learns_under_cpu_bf16_and_saves_fp32_weights(tmp_path, base):
+    water = np.full((32, 32), 4, np.uint8)
+    write_tile(tmp_path / "one", "Train", "Urban", "0", np.zeros((32, 32, 3), np.uint8), water)
+    lora = small(
+        steps=60,
+        batch_size=4,
+        lr=1e-2,
+        checkpoint_every=60,
+        empty_prompt_prob=0.0,
+        target_modules=list(FROM_SCRATCH_LORA_TARGETS),
+        mixed_precision="bf16",
+    )
+    cfg = make_config(tmp_path, base, tmp_path / "one", label_lora=lora)
+    losses = [loss for _, loss in train_label_lora(cfg, progress=False).loss_curve]
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
+    weights = load_file(cfg.label_lora.output / LORA_FILE)
+    assert {w.dtype for w in weights.values()} == {torch.float32}
 
 
 def test_saved_lora_loads_in_plain_pipeline_and_changes_its_output(tmp_path, base, blocky):

@@ -46,6 +46,7 @@ from pipeline_lib.generate.selection import (
 )
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import CONTROLNET_SUBDIR, load_controlnet, load_sd_components
+from pipeline_lib.precision import cpu_has_bf16
 from pipeline_lib.store.shard_writer import ShardData
 from pipeline_lib.store.store import SampleStore
 
@@ -116,8 +117,10 @@ class Generator:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         gen = cfg.generation
-        # Half precision only where it is fast and supported: on CUDA.
+        # Half-precision weights only on CUDA; a CPU with native bf16 keeps fp32 weights
+        # and autocasts each operation (the tiny UNet samples about 1.5x faster).
         self.dtype = getattr(torch, gen.dtype) if self.device.type == "cuda" else torch.float32
+        self.cpu_autocast = self.device.type == "cpu" and gen.dtype == "bfloat16" and cpu_has_bf16()
         parts = load_sd_components(cfg.models.base, dtype=self.dtype)
         shared = {
             "vae": parts.vae,
@@ -184,6 +187,10 @@ class Generator:
         never by regenerate, which replays the kept attempts without judging them again."""
         return AgreementFilter.for_config(self.cfg, str(self.device))
 
+    def precision(self) -> torch.autocast:
+        """bf16 autocast for a sampling call where ``cpu_autocast`` holds, else a no-op."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast)
+
     # ------------------------------------------------------------------ draws
 
     def draw(self, shard_id: int, attempt: int) -> Draw:
@@ -202,16 +209,17 @@ class Generator:
     def sample_labels(self, draws: list[Draw]) -> list[tuple[np.ndarray, np.ndarray, LabelQA]]:
         """Colour label, snapped raw mask and QA of each draw (one batched SD call)."""
         gen = self.cfg.generation
-        out = self.label_pipe(
-            prompt=[d.prompt for d in draws],
-            negative_prompt=[d.negative_prompt for d in draws],
-            num_inference_steps=gen.label_steps,
-            guidance_scale=gen.label_guidance,
-            height=gen.resolution,
-            width=gen.resolution,
-            output_type="np",
-            generator=[torch.Generator("cpu").manual_seed(d.seed) for d in draws],
-        ).images
+        with self.precision():
+            out = self.label_pipe(
+                prompt=[d.prompt for d in draws],
+                negative_prompt=[d.negative_prompt for d in draws],
+                num_inference_steps=gen.label_steps,
+                guidance_scale=gen.label_guidance,
+                height=gen.resolution,
+                width=gen.resolution,
+                output_type="np",
+                generator=[torch.Generator("cpu").manual_seed(d.seed) for d in draws],
+            ).images
         results = []
         colours = LABEL_COLOURS[self.cfg.label_lora.colours]
         for rgb in _to_uint8(out):
@@ -228,14 +236,15 @@ class Generator:
         gen = self.cfg.generation
         generators = [torch.Generator("cpu").manual_seed(image_seed(d.seed)) for d in draws]
         if self.concat:
-            out = self.image_pipe(
-                prompt=[d.prompt for d in draws],
-                negative_prompt=[d.negative_prompt for d in draws],
-                masks=np.stack(masks),
-                num_inference_steps=gen.image_steps,
-                guidance_scale=gen.image_guidance,
-                generator=generators,
-            )
+            with self.precision():
+                out = self.image_pipe(
+                    prompt=[d.prompt for d in draws],
+                    negative_prompt=[d.negative_prompt for d in draws],
+                    masks=np.stack(masks),
+                    num_inference_steps=gen.image_steps,
+                    guidance_scale=gen.image_guidance,
+                    generator=generators,
+                )
             return _to_uint8(out)
         control = np.stack([colourise(m) for m in masks]).astype(np.float32) / 255
         # The label LoRA was trained for label maps; the image pass uses the base UNet.
@@ -243,17 +252,18 @@ class Generator:
         if lora:
             self.label_pipe.disable_lora()
         try:
-            out = self.image_pipe(
-                prompt=[d.prompt for d in draws],
-                negative_prompt=[d.negative_prompt for d in draws],
-                image=control,
-                num_inference_steps=gen.image_steps,
-                guidance_scale=gen.image_guidance,
-                height=gen.resolution,
-                width=gen.resolution,
-                output_type="np",
-                generator=generators,
-            ).images
+            with self.precision():
+                out = self.image_pipe(
+                    prompt=[d.prompt for d in draws],
+                    negative_prompt=[d.negative_prompt for d in draws],
+                    image=control,
+                    num_inference_steps=gen.image_steps,
+                    guidance_scale=gen.image_guidance,
+                    height=gen.resolution,
+                    width=gen.resolution,
+                    output_type="np",
+                    generator=generators,
+                ).images
         finally:
             if lora:
                 self.label_pipe.enable_lora()

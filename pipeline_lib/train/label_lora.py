@@ -95,7 +95,8 @@ def train_label_lora(
 
     def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
         noisy, t, text, target = loss.inputs(batch)
-        prediction = job.model(noisy, t, encoder_hidden_states=text).sample
+        with accelerator.autocast():
+            prediction = job.model(noisy, t, encoder_hidden_states=text).sample
         return loss.mse(prediction, target)
 
     job = TrainJob(

@@ -35,6 +35,7 @@ from pipeline_lib.errors import CheckpointError, ConfigError, TrainingDivergedEr
 from pipeline_lib.hashing import json_digest
 from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.model_hash import model_hash
+from pipeline_lib.precision import cpu_has_bf16
 from pipeline_lib.train.pair_sampler import Batch
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,7 @@ def make_accelerator(cfg: FactoryConfig, train: TrainConfig) -> Accelerator:
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda, but no CUDA device is available; use auto or cpu")
-    # fp16/bf16 autocast on CPU is slow or unsupported: CPU trains in fp32.
-    precision = train.mixed_precision if use_cuda else "no"
+    precision = train.mixed_precision if use_cuda else cpu_precision(train.mixed_precision)
     # accelerate keeps one process-wide state and refuses a second Accelerator with another
     # precision or device; one process (a flow, a test run) trains both models in turn.
     AcceleratorState._reset_state()
@@ -109,8 +109,22 @@ def make_accelerator(cfg: FactoryConfig, train: TrainConfig) -> Accelerator:
     )
 
 
+def cpu_precision(asked: str) -> str:
+    """``bf16`` where the CPU computes bfloat16 natively (AVX512-BF16 or AMX: the tiny UNet's
+    training step runs about 1.5x faster under autocast), else ``no``: fp16 autocast on
+    CPU is slower than fp32, and bf16 emulated in software is too."""
+    if asked == "bf16" and cpu_has_bf16():
+        return "bf16"
+    if asked != "no":
+        log.info("mixed_precision %s is not fast on this CPU; training in fp32", asked)
+    return "no"
+
+
 def weight_dtype(accelerator: Accelerator) -> torch.dtype:
-    """Dtype for frozen modules: half precision under mixed precision, else fp32."""
+    """Dtype for frozen modules: half precision under mixed precision on CUDA, else fp32
+    (a CPU autocasts per operation and keeps its weights and inputs in fp32)."""
+    if accelerator.device.type != "cuda":
+        return torch.float32
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
@@ -314,7 +328,10 @@ def run_training(
     if not resume:
         shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     params = list(_trainable(job.model).values())
-    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=1e-2)
+    # One fused kernel instead of a loop over tensors: on the tiny UNet's 4.9M parameters,
+    # 3 ms a step on a CPU instead of 16.
+    fused = accelerator.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=1e-2, fused=fused)
     lr_scheduler = get_scheduler(
         "constant_with_warmup", optimizer, num_warmup_steps=train.lr_warmup_steps
     )
