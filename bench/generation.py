@@ -10,6 +10,11 @@ script does: one ``StableDiffusionPipeline`` call per label and one
 Each round times both on the same draws, alternating which goes first; the median
 over rounds is reported.
 
+The naive loop runs in float32, as stock diffusers does on a CPU. The factory samples in
+``--gen-dtype`` (default: bfloat16 autocast where the CPU computes bfloat16 natively,
+else float32); when that is not float32 the factory is timed in float32 too, so the
+table also gives the ratio at equal precision.
+
     python -m bench.generation --gen-batch-size 8 --gen-steps 10 --gen-rounds 3
 """
 
@@ -20,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -191,49 +197,77 @@ def side_by_side(
     return {"pairs_per_s": per_s, "seconds": seconds}
 
 
+def factory_dtype(asked: str) -> str:
+    """``auto``: bfloat16 where the CPU computes it natively, else float32."""
+    from pipeline_lib.precision import cpu_has_bf16
+
+    if asked != "auto":
+        return asked
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from pipeline_lib.generate.sampler import Generator
     from pipeline_lib.models.build import init_models
 
     base = init_models(workdir / "models", "tiny")
-    cfg = generation_config(
-        base,
-        workdir,
-        device="cpu",
-        resolution=args.gen_resolution,
-        batch_size=args.gen_batch_size,
-        steps=args.gen_steps,
-        guidance=args.gen_guidance,
-    )
-    generator = Generator(cfg)
-    naive = NaiveLoop.load(cfg)
-    draws = [generator.draw(0, a) for a in range(args.gen_batch_size)]
-    ways = {
-        "factory": (lambda d: factory_pairs(generator, d), draws),
-        "naive": (naive.pairs, draws),
-    }
+    dtype = factory_dtype(args.gen_dtype)
+
+    def config(dtype: str):
+        return generation_config(
+            base,
+            workdir,
+            device="cpu",
+            resolution=args.gen_resolution,
+            batch_size=args.gen_batch_size,
+            steps=args.gen_steps,
+            guidance=args.gen_guidance,
+            dtype=dtype,
+        )
+
+    generators = {name: Generator(config(d)) for name, d in factory_ways(dtype).items()}
+    naive = NaiveLoop.load(config("float32"))
+    draws = [generators["factory"].draw(0, a) for a in range(args.gen_batch_size)]
+    ways = {name: (partial(factory_pairs, g), draws) for name, g in generators.items()}
+    ways["naive"] = (naive.pairs, draws)
     raw = side_by_side(ways, args.gen_rounds, torch.device("cpu"))
-    factory = median(raw["pairs_per_s"]["factory"])
-    naive_rate = median(raw["pairs_per_s"]["naive"])
-    ratios = [
-        f / n
-        for f, n in zip(raw["pairs_per_s"]["factory"], raw["pairs_per_s"]["naive"], strict=True)
-    ]
+    rates = {name: median(per_s) for name, per_s in raw["pairs_per_s"].items()}
+
+    def ratio(name: str) -> float:
+        per_round = zip(raw["pairs_per_s"][name], raw["pairs_per_s"]["naive"], strict=True)
+        return median(f / n for f, n in per_round)
+
     return {
-        "factory_pairs_per_s": factory,
-        "naive_pairs_per_s": naive_rate,
-        "generation_vs_naive": median(ratios),
-        "ratio_per_round": ratios,
+        "factory_dtype": dtype,
+        "factory_pairs_per_s": rates["factory"],
+        "factory_float32_pairs_per_s": rates.get("factory float32", rates["factory"]),
+        "naive_pairs_per_s": rates["naive"],
+        "generation_vs_naive": ratio("factory"),
+        "generation_vs_naive_float32": ratio(
+            "factory float32" if len(generators) > 1 else "factory"
+        ),
         "torch_threads": torch.get_num_threads(),
         "raw": raw,
     }
 
 
+def factory_ways(dtype: str) -> dict[str, str]:
+    """The factory in ``dtype`` and, when that is not float32, in float32 as well."""
+    return {"factory": dtype} | ({"factory float32": "float32"} if dtype != "float32" else {})
+
+
 def table(results: dict[str, Any], batch: int) -> str:
     rates = [
-        (f"factory Generator (batch {batch})", results["factory_pairs_per_s"]),
-        ("naive diffusers loop (batch 1)", results["naive_pairs_per_s"]),
+        (
+            f"factory Generator (batch {batch}, {results['factory_dtype']})",
+            results["factory_pairs_per_s"],
+        ),
     ]
+    if results["factory_dtype"] != "float32":
+        rates.append(
+            (f"factory Generator (batch {batch}, float32)", results["factory_float32_pairs_per_s"])
+        )
+    rates.append(("naive diffusers loop (batch 1, float32)", results["naive_pairs_per_s"]))
     return format_table(["way", "pairs/s", "s/pair"], [[w, r, 1 / r] for w, r in rates])
 
 
@@ -253,6 +287,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gen-rounds", type=positive_int, default=3, help="timed rounds per way (default 3)"
     )
+    parser.add_argument(
+        "--gen-dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="the factory's sampling precision (auto: bfloat16 where the CPU computes it "
+        "natively); the naive loop is float32",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -270,6 +311,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "resolution": args.gen_resolution,
         "rounds": args.gen_rounds,
         "scheduler": "ddim",
+        "factory_dtype": results["factory_dtype"],
+        "naive_dtype": "float32",
     }
     print(
         f"generation, tiny preset on CPU ({results['torch_threads']} torch thread(s)): "
@@ -277,7 +320,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.gen_steps} steps each, CFG {args.gen_guidance:g}, median of {args.gen_rounds}"
     )
     print(table(results, args.gen_batch_size))
-    print(f"factory / naive: {results['generation_vs_naive']:.2f}x (median of per-round ratios)")
+    print(
+        f"factory / naive: {results['generation_vs_naive']:.2f}x, at equal precision (float32) "
+        f"{results['generation_vs_naive_float32']:.2f}x (medians of per-round ratios)"
+    )
     write_results(NAME, parameters, results)
     return results
 

@@ -74,9 +74,12 @@ def flow_summary(numbers: dict[str, Any]) -> dict[str, Any]:
 
 
 def generation_summary(results: dict[str, Any]) -> dict[str, Any]:
-    """The factory generator's pairs/s over the naive loop's, and both rates."""
+    """The factory generator's pairs/s over the naive loop's (at the factory's precision and
+    at float32), and the rates."""
     return {
         "generation_vs_naive": results["generation_vs_naive"],
+        "generation_vs_naive_float32": results["generation_vs_naive_float32"],
+        "generation_factory_dtype": results["factory_dtype"],
         "generation_pairs_per_s": {
             "factory": results["factory_pairs_per_s"],
             "naive": results["naive_pairs_per_s"],

@@ -40,8 +40,16 @@ def test_generation_and_flow_figures_fill_their_summary_keys():
     from bench.run_all import BENCHMARKS, SUMMARISE, flow_library_summary, generation_summary
 
     assert set(SUMMARISE) == set(BENCHMARKS)
-    generation = {"generation_vs_naive": 1.2, "factory_pairs_per_s": 3.0, "naive_pairs_per_s": 2.5}
-    assert generation_summary(generation)["generation_vs_naive"] == 1.2
+    generation = {
+        "generation_vs_naive": 1.2,
+        "generation_vs_naive_float32": 1.1,
+        "factory_dtype": "bfloat16",
+        "factory_pairs_per_s": 3.0,
+        "naive_pairs_per_s": 2.5,
+    }
+    summary = generation_summary(generation)
+    assert summary["generation_vs_naive"] == 1.2
+    assert summary["generation_vs_naive_float32"] == 1.1
     flow = {
         "library_s": 10.0,
         "flow_s": 12.0,
