@@ -328,10 +328,7 @@ def run_training(
     if not resume:
         shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     params = list(_trainable(job.model).values())
-    # One fused kernel instead of a loop over tensors: on the tiny UNet's 4.9M parameters,
-    # 3 ms a step on a CPU instead of 16.
-    fused = accelerator.device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=1e-2, fused=fused)
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=1e-2)
     lr_scheduler = get_scheduler(
         "constant_with_warmup", optimizer, num_warmup_steps=train.lr_warmup_steps
     )
