@@ -63,19 +63,24 @@ def small(**extra):
     return values | extra
 
 
-def test_label_lora_overfits_one_fixed_tile(tmp_path, base):
+def one_water_tile(tmp_path, base, steps, **extra):
+    """A config whose label LoRA learns one all-water 32 px tile for ``steps`` steps."""
     water = np.full((32, 32), 4, np.uint8)
     write_tile(tmp_path / "one", "Train", "Urban", "0", np.zeros((32, 32, 3), np.uint8), water)
     lora = small(
-        steps=80,
+        steps=steps,
         batch_size=4,
         lr=1e-2,
-        checkpoint_every=80,
+        checkpoint_every=steps,
         empty_prompt_prob=0.0,
         target_modules=list(FROM_SCRATCH_LORA_TARGETS),
+        **extra,
     )
-    cfg = make_config(tmp_path, base, tmp_path / "one", label_lora=lora)
-    summary = train_label_lora(cfg, progress=False)
+    return make_config(tmp_path, base, tmp_path / "one", label_lora=lora)
+
+
+def test_label_lora_overfits_one_fixed_tile(tmp_path, base):
+    summary = train_label_lora(one_water_tile(tmp_path, base, 80), progress=False)
     losses = [loss for _, loss in summary.loss_curve]
     assert len(losses) == 80
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
@@ -102,18 +107,7 @@ def test_cpu_mixed_precision_is_bf16_only_where_the_cpu_computes_it(tmp_path, ba
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU computes no bfloat16 natively")
 def test_label_model_learns_under_cpu_bf16_and_saves_fp32_weights(tmp_path, base):
-    water = np.full((32, 32), 4, np.uint8)
-    write_tile(tmp_path / "one", "Train", "Urban", "0", np.zeros((32, 32, 3), np.uint8), water)
-    lora = small(
-        steps=60,
-        batch_size=4,
-        lr=1e-2,
-        checkpoint_every=60,
-        empty_prompt_prob=0.0,
-        target_modules=list(FROM_SCRATCH_LORA_TARGETS),
-        mixed_precision="bf16",
-    )
-    cfg = make_config(tmp_path, base, tmp_path / "one", label_lora=lora)
+    cfg = one_water_tile(tmp_path, base, 60, mixed_precision="bf16")
     losses = [loss for _, loss in train_label_lora(cfg, progress=False).loss_curve]
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
     weights = load_file(cfg.label_lora.output / LORA_FILE)
