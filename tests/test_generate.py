@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from child_processes import kill_when
 from typer.testing import CliRunner
 
 from pipeline_lib.config import QAConfig, config_from_dict
@@ -286,10 +287,8 @@ def test_label_lora_shapes_labels_only_and_regenerates(tmp_path, models):
 
 @pytest.mark.slow
 def test_generation_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path, models):
-    import signal
     import subprocess
     import sys
-    import time
 
     from pipeline_lib.store.manifest import manifest_path
 
@@ -325,12 +324,7 @@ def test_generation_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path, 
         str(store),
     ]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not manifest_path(store, 0).exists():
-        assert child.poll() is None and time.monotonic() < deadline, "no shard was committed"
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    kill_when(child, manifest_path(store, 0).exists, 240, "no shard was committed")
     report = verify_store(store)
     assert report.ok and 1 <= report.shards < 4
 

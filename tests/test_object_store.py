@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from child_processes import kill_when
 from store_fakes import fake_sample, fake_shard
 
 from pipeline_lib.data.loveda import check_dataset, list_tiles, read_mask
@@ -283,12 +284,7 @@ def test_a_writer_killed_at_any_moment_leaves_only_whole_shards(url):
         stderr=subprocess.PIPE,
         env=env,
     )
-    deadline = time.monotonic() + 240
-    while not is_committed(url, 1):
-        assert child.poll() is None and time.monotonic() < deadline, "the child never committed"
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    kill_when(child, lambda: is_committed(url, 1), 240, "the child never committed")
     report = verify_store(url)
     assert report.ok and 2 <= report.shards < 10
 

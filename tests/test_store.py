@@ -8,7 +8,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -20,6 +19,7 @@ import pytest
 import rasterio
 import torch
 import zarr
+from child_processes import kill_when
 from store_fakes import SIZE, fake_sample, fake_shard
 
 from pipeline_lib.config import GeoConfig
@@ -169,12 +169,7 @@ def test_sigkill_at_any_moment_then_rerun_is_exactly_once(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 60
-    while not manifest_path(path, 1).exists():
-        assert child.poll() is None and time.monotonic() < deadline, "child never committed"
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    kill_when(child, manifest_path(path, 1).exists, 60, "child never committed")
     report = verify_store(path)
     assert report.ok and 2 <= report.shards < 40
     done = run_child(path, "--samples", "160")
