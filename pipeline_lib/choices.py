@@ -21,3 +21,9 @@ IMAGE_CODECS: tuple[str, ...] = ("webp", "jpegxl", "htj2k", "png", "qoi", "zstd"
 LABEL_COLOUR_SETS: tuple[str, ...] = ("palette", "bits")
 # validation.mix_by: how a training set of several sources draws its crops from them.
 MIX_BY: tuple[str, ...] = ("pixels", "samples")
+# train sections' lr_schedule: diffusers.optimization.get_scheduler name of each.
+LR_SCHEDULES: dict[str, str] = {
+    "constant": "constant_with_warmup",
+    "cosine": "cosine",
+    "linear": "linear",
+}

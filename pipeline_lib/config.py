@@ -29,6 +29,7 @@ from pipeline_lib.choices import (
     DATA_LABELS,
     IMAGE_CODECS,
     LABEL_COLOUR_SETS,
+    LR_SCHEDULES,
     MIX_BY,
     SCHEDULER_CLASSES,
     SEGMENTERS,
@@ -75,6 +76,10 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-4, gt=0)
     lr_warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal[tuple(LR_SCHEDULES)] = Field(  # type: ignore[valid-type]
+        "constant",
+        description="after warm-up: constant, or decayed to 0 at the last step (cosine, linear)",
+    )
     resolution: int = Field(64, ge=8, le=2048)
     checkpoint_every: int = Field(50, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(

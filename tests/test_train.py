@@ -163,6 +163,30 @@ def test_interrupted_and_resumed_lora_equals_uninterrupted_run(tmp_path, base, b
     assert summary["output_hash"] == model_hash(straight.label_lora.output)
 
 
+def test_a_decaying_rate_resumes_exactly_and_its_checkpoints_refuse_other_steps(
+    tmp_path, base, blocky
+):
+    lora = small(steps=4, lr=1e-2, lr_schedule="cosine")
+    straight = make_config(tmp_path / "a", base, blocky, label_lora=lora)
+    train_label_lora(straight, progress=False)
+    constant = make_config(
+        tmp_path / "c", base, blocky, label_lora=lora | {"lr_schedule": "constant"}
+    )
+    train_label_lora(constant, progress=False)
+
+    broken = make_config(tmp_path / "b", base, blocky, label_lora=lora)
+    train_label_lora(broken, max_steps=2, progress=False)
+    # Where the rate ends shapes every step, so a longer run is not this one continued.
+    longer = make_config(tmp_path / "b", base, blocky, label_lora=lora | {"steps": 6})
+    with pytest.raises(CheckpointError, match="different config hash"):
+        train_label_lora(longer, progress=False)
+    assert train_label_lora(broken, progress=False).resumed_from == 2
+
+    a, b, c = (load_file(cfg.label_lora.output / LORA_FILE) for cfg in (straight, broken, constant))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a), "lr_schedule changed nothing"
+
+
 def test_a_step_split_into_micro_batches_sees_the_same_samples(tmp_path, base, blocky):
     # The OOM fallback halves the batch and doubles accumulation, even mid-run.
     whole = make_config(tmp_path / "a", base, blocky, label_lora=small(steps=2, batch_size=4))

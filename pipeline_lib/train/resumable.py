@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from pipeline_lib.choices import LR_SCHEDULES
 from pipeline_lib.config import FactoryConfig, TrainConfig
 from pipeline_lib.errors import CheckpointError, ConfigError, TrainingDivergedError
 from pipeline_lib.hashing import json_digest
@@ -142,10 +143,12 @@ def config_hash(*parts: Any) -> str:
 
 
 def train_section_hash(train: TrainConfig, *extra: Any) -> str:
-    # Steps, checkpoint spacing and data workers do not change the trajectory, nor does how
-    # the effective batch is split into micro-batches; paths are machine-local.
-    unused = {
-        "steps",
+    # Checkpoint spacing and data workers do not change the trajectory, nor does how the
+    # effective batch is split into micro-batches; paths are machine-local. Under a constant
+    # rate a longer run continues a shorter one (and hashes as before lr_schedule existed);
+    # a decaying rate depends on where it ends.
+    unused = {"steps", "lr_schedule"} if train.lr_schedule == "constant" else set()
+    unused |= {
         "checkpoint_every",
         "output",
         "keep_checkpoints",
@@ -330,7 +333,10 @@ def run_training(
     params = list(_trainable(job.model).values())
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=1e-2)
     lr_scheduler = get_scheduler(
-        "constant_with_warmup", optimizer, num_warmup_steps=train.lr_warmup_steps
+        LR_SCHEDULES[train.lr_schedule],
+        optimizer,
+        num_warmup_steps=train.lr_warmup_steps,
+        num_training_steps=train.steps,
     )
     job.model, optimizer, lr_scheduler = accelerator.prepare(job.model, optimizer, lr_scheduler)
     # The average that gets saved as the final model; the raw weights keep training.
