@@ -23,6 +23,15 @@ def validate(
     iters: Annotated[
         int | None, typer.Option("--iters", min=1, help="training iterations (overrides config)")
     ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            "--samples",
+            "-n",
+            min=1,
+            help="Gen. trains on the store's first N committed samples (default: all of them)",
+        ),
+    ] = None,
     eval_root: Annotated[
         Path | None,
         typer.Option(
@@ -60,7 +69,7 @@ def validate(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     choices = list(DATA_LABELS) if data == "all" else [data]
     prepare_dataset(cfg.data, progress=True)
-    sources = train_sources(choices, cfg)
+    sources = train_sources(choices, cfg, samples)
     report = run_validation(
         sources,
         Path(cfg.data.eval_root),

@@ -42,6 +42,27 @@ def test_a_metric_mismatch_is_our_bug_and_keeps_its_traceback(tmp_path, monkeypa
         call_main(monkeypatch, capsys, "validate", config, "--data", "ori")
 
 
+def test_validate_samples_trains_gen_on_the_stores_first_n(tmp_path, monkeypatch, capsys):
+    import pipeline_lib.data.prepare
+    import pipeline_lib.validate
+
+    store = make_store(tmp_path / "store", shards=(0, 1), kept=3)
+    trained = []
+
+    def record(sources, eval_root, cfg, work_dir, progress):
+        trained.extend(sorted((sources["Gen."][0] / "Train").rglob("masks_png/*.png")))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline_lib.data.prepare, "prepare_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline_lib.validate, "run_validation", record)
+    config = tmp_path / "config.yaml"
+    raw = minimal_config(tmp_path / "work") | {"store": {"path": str(store), "shard_size": 4}}
+    config.write_text(yaml.safe_dump(raw))
+    # Two shards of 3 kept: a filtered and an unfiltered store compare at one count.
+    call_main(monkeypatch, capsys, "validate", config, "--data", "gen", "--samples", "5")
+    assert len(trained) == 5
+
+
 @pytest.mark.parametrize("command", ["verify", "stats"])
 def test_store_commands_on_missing_attributes_exit_2_naming_zarr_json(
     tmp_path, monkeypatch, capsys, command
