@@ -93,6 +93,12 @@ class TrainConfig(Section):
         0.1, ge=0, le=1, description="share of samples trained with an empty prompt (for CFG)"
     )
     max_grad_norm: float = Field(1.0, gt=0)
+    divergence_factor: float | None = Field(
+        2.0,
+        gt=1,
+        description="stop, keeping the last checkpoint, when a checkpoint interval's mean loss "
+        "exceeds this many times the lowest earlier interval's (None: only a NaN stops)",
+    )
     keep_checkpoints: int = Field(2, ge=1, description="resume checkpoints kept on disk")
     data_workers: int = Field(0, ge=0, description="DataLoader processes preparing batches")
     crop_scale: tuple[float, float] | None = Field(

@@ -37,7 +37,8 @@ class CheckpointError(FactoryError, FileNotFoundError):
 
 
 class TrainingDivergedError(FactoryError, ArithmeticError):
-    """A training loss became NaN or infinite; the last good checkpoint is kept."""
+    """A training loss became NaN or infinite, or jumped far above its best; the last good
+    checkpoint is kept."""
 
 
 class GpuMemoryError(FactoryError, MemoryError):

@@ -187,6 +187,28 @@ def test_a_decaying_rate_resumes_exactly_and_its_checkpoints_refuse_other_steps(
     assert not all(torch.equal(a[k], c[k]) for k in a), "lr_schedule changed nothing"
 
 
+@pytest.mark.parametrize("spike", [10.0, float("nan")])
+def test_a_diverging_loss_stops_training_and_keeps_the_checkpoint_before_it(
+    tmp_path, base, blocky, monkeypatch, spike
+):
+    from pipeline_lib.errors import TrainingDivergedError
+    from pipeline_lib.train.objective import DiffusionLoss
+
+    calls = []
+    mse = DiffusionLoss.mse
+
+    def spiking(prediction, target):  # from step 13 on, as a bf16 blow-up looks
+        calls.append(1)
+        return mse(prediction, target) * (spike if len(calls) > 12 else 1.0)
+
+    monkeypatch.setattr(DiffusionLoss, "mse", staticmethod(spiking))
+    cfg = make_config(tmp_path, base, blocky, label_lora=small(steps=30, checkpoint_every=6))
+    with pytest.raises(TrainingDivergedError, match="label-lora"):
+        train_label_lora(cfg, progress=False)
+    assert latest_checkpoint(cfg.label_lora.output).name == "step-00012"
+    assert not (cfg.label_lora.output / LORA_FILE).exists()
+
+
 def test_a_step_split_into_micro_batches_sees_the_same_samples(tmp_path, base, blocky):
     # The OOM fallback halves the batch and doubles accumulation, even mid-run.
     whole = make_config(tmp_path / "a", base, blocky, label_lora=small(steps=2, batch_size=4))
