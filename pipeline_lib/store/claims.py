@@ -34,8 +34,7 @@ from pipeline_lib.store.store import store_lock
 
 log = logging.getLogger(__name__)
 
-CLAIM_DIR = "claims"
-_SUFFIX = ".claim"
+CLAIM_DIR = leases.CLAIM_DIR
 # A claim is written whole under this name and then linked into place.
 _PENDING = ".pending"
 # A reader probing a claim holds its lock for microseconds; a taker retries past that.
@@ -68,7 +67,7 @@ class ShardClaim:
 
 
 def claim_path(store: str | Path, shard_id: int) -> Path | str:
-    return join(location(store), CLAIM_DIR, f"shard-{shard_id:05d}{_SUFFIX}")
+    return join(location(store), CLAIM_DIR, leases.claim_name(shard_id))
 
 
 def claim_files(store: str | Path) -> list[tuple[int, Path | str]]:
@@ -78,13 +77,8 @@ def claim_files(store: str | Path) -> list[tuple[int, Path | str]]:
     folder = Path(store) / CLAIM_DIR
     if not folder.is_dir():
         return []
-    found = []
-    for path in folder.iterdir():
-        name = path.name.lstrip(".")
-        digits = name.removeprefix("shard-")[:5]
-        if name.startswith("shard-") and digits.isdigit():
-            found.append((int(digits), path))
-    return sorted(found)
+    ids = ((leases.claim_id(path.name), path) for path in folder.iterdir())
+    return sorted((k, path) for k, path in ids if k is not None)
 
 
 def read_claim(store: str | Path, shard_id: int) -> ShardClaim | None:
@@ -98,7 +92,7 @@ def is_held(path: str | Path) -> bool:
     """Whether a live process holds the claim (or pending claim) file at ``path``."""
     if is_url(path):  # <store url>/claims/shard-00007.claim
         store, _, name = str(path).rpartition(f"/{CLAIM_DIR}/")
-        return leases.is_live(leases.read_claim(store, int(name[6:11])))
+        return leases.is_live(leases.read_claim(store, leases.claim_id(name)))
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

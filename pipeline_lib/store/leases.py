@@ -73,10 +73,18 @@ def claim_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}.claim"
 
 
+def claim_id(name: str) -> int | None:
+    """The shard id in a claim's name (or a pending claim's, ``.shard-00007.claim.*``),
+    None for any other name."""
+    name = name.lstrip(".")
+    digits = name.removeprefix("shard-")[:5]
+    return int(digits) if name.startswith("shard-") and digits.isdigit() else None
+
+
 def claim_ids(url: str) -> list[int]:
     """Shard ids that have a claim object (live or expired), sorted."""
     names = object_root(url).names(CLAIM_DIR)
-    return sorted(int(n[6:11]) for n in names if n.startswith("shard-") and n.endswith(".claim"))
+    return sorted(claim_id(n) for n in names if claim_id(n) is not None and n.endswith(".claim"))
 
 
 def read_claim(url: str, shard_id: int) -> dict | None:
