@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline_lib.errors import StoreError
+
+T = TypeVar("T")
 
 # Conditional writes are S3 API features; other fsspec protocols are not supported.
 PROTOCOLS = ("s3", "s3a")
@@ -84,39 +87,31 @@ class ObjectRoot:
     def create(self, parts: tuple[str, ...], data: bytes) -> str | None:
         """Write ``data`` only if no object is there (one conditional PUT): the new version's
         ETag, or None if an object was there."""
-        try:
-            return self.fs.pipe_file(self.key(*parts), data, mode="create")["ETag"]
-        except FileExistsError:
-            return None
-        except OSError as error:
-            if condition_failed(error):  # a concurrent conditional write won (409)
-                return None
-            raise
+        written = _unless_refused(
+            lambda: self.fs.pipe_file(self.key(*parts), data, mode="create"), FileExistsError
+        )
+        return None if written is None else written["ETag"]
 
     def replace(self, parts: tuple[str, ...], data: bytes, etag: str) -> str | None:
         """Replace the object's version ``etag`` by ``data``: the new ETag, or None if the
         object is another version now (or gone)."""
-        try:
-            return self.fs.pipe_file(self.key(*parts), data, IfMatch=etag)["ETag"]
-        except (FileNotFoundError, FileExistsError):
-            return None
-        except OSError as error:
-            if condition_failed(error):
-                return None
-            raise
+        written = _unless_refused(
+            lambda: self.fs.pipe_file(self.key(*parts), data, IfMatch=etag),
+            FileNotFoundError,
+            FileExistsError,
+        )
+        return None if written is None else written["ETag"]
 
     def delete(self, *parts: str, etag: str | None = None) -> bool:
         """Delete the object (only its version ``etag`` if given); False if that was not it."""
         bucket, _, key = self.key(*parts).partition("/")
         match = {"IfMatch": etag} if etag is not None else {}
-        try:
-            self.fs.call_s3("delete_object", Bucket=bucket, Key=key, **match)
-        except FileNotFoundError:
+        deleted = _unless_refused(
+            lambda: self.fs.call_s3("delete_object", Bucket=bucket, Key=key, **match),
+            FileNotFoundError,
+        )
+        if deleted is None:
             return False
-        except OSError as error:
-            if condition_failed(error):
-                return False
-            raise
         self.fs.invalidate_cache(self.key(*parts))
         return True
 
@@ -158,6 +153,19 @@ def object_root(url: str) -> ObjectRoot:
     with _roots_guard:
         _roots[cache_key] = found
     return found
+
+
+def _unless_refused(write: Callable[[], T], *absent: type[OSError]) -> T | None:
+    """``write()``, or None when S3 refuses its condition (412; 409 when a concurrent
+    conditional write won) or it raises one of ``absent``."""
+    try:
+        return write()
+    except absent:
+        return None
+    except OSError as error:
+        if condition_failed(error):
+            return None
+        raise
 
 
 def condition_failed(error: BaseException) -> bool:
