@@ -108,7 +108,11 @@ def local_server(
         os.environ["PREFECT_API_URL"] = api_url
         os.environ["PREFECT_HOME"] = str(prefect_home)
         log.info("Prefect server on %s (log: %s)", api_url, log_file)
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        # Flow runs in this process send no heartbeats: a flow run's exit waits out the
+        # heartbeat thread's sleep (up to a second per flow run, subflows included), and
+        # nothing here watches for crashed runs. Served deployments' runs keep theirs.
+        no_heartbeats = {PREFECT_API_URL: api_url, "flows.heartbeat_frequency": None}
+        with temporary_settings(updates=no_heartbeats):
             try:
                 yield api_url
             finally:

@@ -30,11 +30,12 @@ def digest(*parts: Any) -> str:
 
 
 @lru_cache(maxsize=16)
-def _result_storage(path: str, api_url: str | None) -> str:
+def _result_storage(path: str, api_url: str | None) -> LocalFileSystem:
     # Prefect needs storage blocks saved server-side; one per results folder (and server).
-    name = f"lfactory-results-{digest(path)[:12]}"
-    LocalFileSystem(basepath=path).save(name, overwrite=True)
-    return f"local-file-system/{name}"
+    # The saved instance, not its slug: a slug is loaded from the server at each task run.
+    block = LocalFileSystem(basepath=path)
+    block.save(f"lfactory-results-{digest(path)[:12]}", overwrite=True)
+    return block
 
 
 # OSErrors that name a path which is not there or not allowed: the same call fails again.
