@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,21 @@ def _client():
 
 def _task_runs(client) -> dict:
     return {run.id: run for run in client.read_task_runs(limit=200)}
+
+
+def _settled_task_runs(client, before: dict, timeout_s: float = 30.0) -> list:
+    """Task runs (subflows' wrappers aside) not in ``before``, once the server has a final
+    state for each: task states arrive as events, which it may still be processing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = [
+            r
+            for rid, r in _task_runs(client).items()
+            if rid not in before and not r.name.startswith(SUBFLOWS)
+        ]
+        if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 def _flow_runs_named(client, name: str) -> list:
@@ -95,11 +111,7 @@ def test_a_second_run_is_all_cache_hits_and_validates_nothing_new(first_run):
         before = _task_runs(client)
         second = factory(config, return_state=True)
         assert second.is_completed(), second.message
-        new_runs = [
-            r
-            for rid, r in _task_runs(client).items()
-            if rid not in before and not r.name.startswith(SUBFLOWS)
-        ]
+        new_runs = _settled_task_runs(client, before)
         assert new_runs, "the second run should still consult its cached tasks"
         assert {r.state.name for r in new_runs} == {"Cached"}, [
             (r.name, r.state.name) for r in new_runs

@@ -311,3 +311,15 @@ def test_prefect_yaml_is_generated_from_the_production_config():
     assert all(d["parameters"]["config"] == production for d in spec["deployments"])
     served = {d.name for d in build_deployments(load_config(ROOT / source))}
     assert {d["name"] for d in spec["deployments"]} == served
+
+
+def test_local_flow_runs_skip_heartbeats_and_tasks_get_a_saved_result_block(prefect_api, tmp_path):
+    # Each costs server round trips or waits on every run (bench.flow_vs_library: the flow's
+    # added seconds 9.2 -> 4.1); both must hold for the local one-process server.
+    from prefect.settings import get_current_settings
+
+    from tasks.options import _result_storage
+
+    assert get_current_settings().flows.heartbeat_frequency is None
+    block = _result_storage(str(tmp_path / "results"), prefect_api)
+    assert block._block_document_id is not None, "a slug or unsaved block is loaded per task run"
