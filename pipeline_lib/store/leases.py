@@ -84,7 +84,8 @@ def claim_id(name: str) -> int | None:
 def claim_ids(url: str) -> list[int]:
     """Shard ids that have a claim object (live or expired), sorted."""
     names = object_root(url).names(CLAIM_DIR)
-    return sorted(claim_id(n) for n in names if claim_id(n) is not None and n.endswith(".claim"))
+    ids = (claim_id(n) for n in names if n.endswith(".claim"))
+    return sorted(k for k in ids if k is not None)
 
 
 def read_claim(url: str, shard_id: int) -> dict | None:
