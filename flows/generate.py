@@ -49,11 +49,14 @@ def start_validation(config: FactoryConfig, step: int) -> None:
 
 
 @flow(name="generate-shards")
-def generate_shards(config: FactoryConfig, style: str | None = None) -> GenerationSummary:
+def generate_shards(
+    config: FactoryConfig, style: str | None = None, validate: bool = True
+) -> GenerationSummary:
     """Generate shards until the store holds the quota; resumes where a run stopped.
 
     With ``style``, only that declared style is drawn, into the style's own store. With
-    ``prefect.dask``, shards are generated side by side on a Dask cluster.
+    ``prefect.dask``, shards are generated side by side on a Dask cluster. With
+    ``validate=False`` no quota step is validated: the caller validates what it needs.
     """
     if style is not None:
         config = config.for_style(style)
@@ -66,14 +69,15 @@ def generate_shards(config: FactoryConfig, style: str | None = None) -> Generati
     def after_shard(result: ShardResult, committed: int) -> None:
         publish_shard(config.name, result)
         report_progress(progress, committed, quota)
-        for step in quota_steps_reached(committed, every, quota):
-            start_validation(config, step)
+        if validate:
+            for step in quota_steps_reached(committed, every, quota):
+                start_validation(config, step)
 
     with shard_rounds(config, generate, commit) as run_round:
         run = generate_to_quota(
             store, quota, config.store.shard_size, on_shard=after_shard, run_round=run_round
         )
-    steps = quota_steps_reached(run.committed, every, quota)
+    steps = quota_steps_reached(run.committed, every, quota) if validate else []
     for step in steps:  # a run killed between a commit and its validation catches up here
         start_validation(config, step)
     return GenerationSummary(store, run.committed, run.shards_written, run.rejected, tuple(steps))

@@ -38,10 +38,13 @@ def init(
 
 def _train(kind: str, config: Path, max_steps: int | None, no_resume: bool) -> None:
     # Imported here so that `lfactory --help` stays fast.
+    from pipeline_lib.data.prepare import prepare_dataset
     from pipeline_lib.train import train_base, train_controlnet, train_label_lora, train_vae
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(config)
+    # As the flow does first: synthesise the configured data set if absent, check it.
+    prepare_dataset(cfg.data, progress=True)
     trainers = {
         "vae": train_vae,
         "base": train_base,

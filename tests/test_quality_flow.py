@@ -62,6 +62,17 @@ def test_quality_writes_the_research_table_and_label_fidelity(quality_run):
     assert (config.work_dir / "quality_grid.png").stat().st_size > 0
 
 
+def test_a_quality_run_publishes_its_validation_once(quality_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    config, _ = quality_run
+    key = ArtifactFilter(key=ArtifactFilterKey(any_=[f"{config.name}-validation-report"]))
+    with get_client(sync_client=True) as client:
+        published = client.read_artifacts(artifact_filter=key)
+    assert len(published) == 1, [a.created for a in published]
+
+
 def test_a_second_quality_run_repeats_no_stage(quality_run):
     from prefect.client.orchestration import get_client
 

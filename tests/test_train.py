@@ -10,6 +10,7 @@ import torch
 import typer
 import yaml
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+from factory_configs import minimal_config
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -303,3 +304,17 @@ def test_cli_trains_label_lora_from_yaml_and_stops_at_max_steps(tmp_path, base, 
     result = CliRunner().invoke(app, ["train", "label-lora", str(config), "--no-resume"])
     assert result.exit_code == 0, result.output
     assert "done at step 3/3" in result.output
+
+
+def test_cli_training_synthesises_the_configured_data_set_first(tmp_path):
+    train = {"steps": 1, "batch_size": 2, "resolution": 32, "checkpoint_every": 1}
+    raw = minimal_config(tmp_path / "work", models={"preset": "tiny-pixel"}, base=train)
+    config = tmp_path / "factory.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["train", "base", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "done at step 1/1" in result.output
+    root = config_from_dict(raw).data.root
+    assert len(list((root / "Train").glob("*/masks_png/*.png"))) == 4

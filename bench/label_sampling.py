@@ -1,0 +1,92 @@
+"""Label sampler settings against label fidelity, on a config's trained label model.
+
+For each combination of label scheduler, step count and guidance scale, the factory's
+``Generator`` draws the same ``--samples`` labels (the attempts of shard 0, so every setting
+sees the same seeds and prompts) and scores them as generation does: the share of pixels
+off-palette before snapping (mean and p95), the share QA would reject, the class-fraction
+total-variation distance of the snapped maps against the Train split, classes per map, and
+labels per second. Nothing is written to a store. It needs the config's trained models
+(``lfactory train`` or ``lfactory quality`` first), so ``make bench`` does not run it.
+
+    python -m bench.label_sampling configs/quality.yaml --steps 50 100 --guidance 1 2
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.cli import command_line, positive_int
+from bench.report import format_table, write_results
+
+NAME = "label_sampling"
+
+
+def score_setting(cfg: Any, samples: int) -> dict[str, float]:
+    """Draw ``samples`` labels with ``cfg.generation`` and score them."""
+    from pipeline_lib.data.classes import MAX_VALUE, fractions_from_counts
+    from pipeline_lib.data.loveda import split_stats
+    from pipeline_lib.generate.sampler import Generator
+    from pipeline_lib.report.fidelity import total_variation
+
+    generator = Generator(cfg)
+    draws = [generator.draw(0, attempt) for attempt in range(samples)]
+    size = cfg.generation.batch_size
+    start = time.perf_counter()
+    labels = []
+    for first in range(0, samples, size):
+        labels += generator.sample_labels(draws[first : first + size])
+    seconds = time.perf_counter() - start
+    off = np.array([qa.off_palette_share for _, _, qa in labels])
+    counts = sum(np.bincount(m.ravel(), minlength=MAX_VALUE + 1) for _, m, _ in labels)
+    train = split_stats(Path(cfg.data.root), "Train").fractions
+    return {
+        "off_palette_mean": float(off.mean()),
+        "off_palette_p95": float(np.quantile(off, 0.95)),
+        "rejected_share": float(np.mean([not qa.kept for _, _, qa in labels])),
+        "class_fraction_tv": total_variation(fractions_from_counts(counts), train),
+        "classes_per_label": float(np.mean([len(np.unique(m[m > 0])) for _, m, _ in labels])),
+        "labels_per_s": samples / seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = command_line(NAME, __doc__)
+    parser.add_argument("config", type=Path, help="a factory config whose models are trained")
+    parser.add_argument("--samples", type=positive_int, default=64, help="labels per setting")
+    parser.add_argument("--steps", type=positive_int, nargs="+", help="label step counts")
+    parser.add_argument("--guidance", type=float, nargs="+", help="label guidance scales")
+    parser.add_argument("--schedulers", nargs="+", help="label schedulers (ddpm, ddim, ...)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
+    parser.add_argument("--out", type=Path, help="JSON path (default bench/results/)")
+    args = parser.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+
+    from pipeline_lib.config import load_config
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    gen = cfg.generation
+    settings = [
+        {"label_scheduler": scheduler, "label_steps": steps, "label_guidance": guidance}
+        for scheduler in args.schedulers or [gen.label_scheduler or gen.scheduler]
+        for steps in args.steps or [gen.label_steps]
+        for guidance in args.guidance or [gen.label_guidance]
+    ]
+    rows = []
+    for setting in tqdm(settings, desc="label settings", unit="setting"):
+        update = {"generation": gen.model_copy(update=setting)}
+        rows.append({**setting, **score_setting(cfg.model_copy(update=update), args.samples)})
+    columns = list(rows[0])
+    print(format_table(columns, [[row[c] for c in columns] for row in rows]))
+    parameters = {"config": str(args.config), "samples": args.samples, "threads": args.threads}
+    write_results(NAME, parameters, {"rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
