@@ -6,7 +6,8 @@ sees the same seeds and prompts) and scores them as generation does: the share o
 off-palette before snapping (mean and p95), the share QA would reject, the class-fraction
 total-variation distance of the snapped maps against the Train split, classes per map, and
 labels per second. Nothing is written to a store. It needs the config's trained models
-(``lfactory train`` or ``lfactory quality`` first), so ``make bench`` does not run it.
+(the label model at least: ``lfactory train base`` and ``label-lora``, or
+``lfactory quality``), so ``make bench`` does not run it.
 
     python -m bench.label_sampling configs/quality.yaml --steps 50 100 --guidance 1 2
 """
@@ -32,7 +33,7 @@ def score_setting(cfg: Any, samples: int) -> dict[str, float]:
     from pipeline_lib.generate.sampler import Generator
     from pipeline_lib.report.fidelity import total_variation
 
-    generator = Generator(cfg)
+    generator = Generator(cfg, with_images=False)
     draws = [generator.draw(0, attempt) for attempt in range(samples)]
     size = cfg.generation.batch_size
     start = time.perf_counter()

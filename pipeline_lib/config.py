@@ -133,12 +133,24 @@ class LabelLoraConfig(TrainConfig):
         description="colours the label generator draws: palette (mmseg's, as the research) "
         "or bits (each raw value's three bits on a corner of the RGB cube)",
     )
+    self_condition: bool = Field(
+        False,
+        description="feed the model its own previous estimate of the label beside the noisy "
+        "one (self-conditioning, as analog bits do); needs method full",
+    )
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
     target_modules: str | list[str] = Field(
         "attention",
         description=f"module names, or a named set: {', '.join(LORA_TARGETS)}",
     )
+
+    @model_validator(mode="after")
+    def _self_condition_widens_the_unet(self) -> LabelLoraConfig:
+        # The estimate widens the UNet's input; a LoRA shares the base UNet with the image pass.
+        if self.self_condition and self.method != "full":
+            raise ValueError("self_condition needs method: full (a LoRA cannot widen the UNet)")
+        return self
 
     @field_validator("target_modules")
     @classmethod

@@ -129,6 +129,48 @@ def test_a_fully_fine_tuned_label_model_is_what_the_generator_draws_with(
     assert len(drawn) == 2 and drawn[0][1].shape == (32, 32)
 
 
+@pytest.mark.slow
+def test_a_self_conditioned_label_model_learns_from_its_estimate_and_draws_reproducibly(
+    tmp_path, one_torch_thread
+):
+    from diffusers import UNet2DConditionModel
+
+    from pipeline_lib.generate.concat_pipeline import SelfConditionedLabelPipeline
+    from pipeline_lib.generate.sampler import Generator
+    from pipeline_lib.train import train_label_lora
+
+    root = tmp_path / "synth"
+    make_synthetic_loveda(root, tiles=2, size=64, seed=2)
+    label_lora = {**TRAIN, "steps": 3, "checkpoint_every": 3, "method": "full"}
+    cfg = _config(
+        tmp_path,
+        root,
+        label_lora={**label_lora, "self_condition": True, "colours": "bits"},
+        generation={"resolution": 32, "batch_size": 2, "label_steps": 3, "label_scheduler": "ddpm"},
+    )
+    train_label_lora(cfg, progress=False)
+    unet = UNet2DConditionModel.from_pretrained(cfg.label_lora.output)
+    latent = unet.config.out_channels
+    assert unet.config.in_channels == 2 * latent
+    # The estimate's input weights start at zero; they move only if training fed estimates.
+    assert unet.conv_in.weight[:, latent:].abs().sum() > 0
+    generator = Generator(cfg)
+    assert isinstance(generator.label_pipe, SelfConditionedLabelPipeline)
+    draws = [generator.draw(0, a) for a in range(2)]
+    first, again = generator.sample_labels(draws), generator.sample_labels(draws)
+    assert first[0][1].shape == (32, 32)
+    for (rgb, _, _), (same, _, _) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(rgb, same)
+    assert not np.array_equal(first[0][0], first[1][0]), "two seeds drew the same label"
+
+
+def test_self_conditioning_needs_a_fully_fine_tuned_label_model(tmp_path):
+    from pipeline_lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="self_condition needs method: full"):
+        _config(tmp_path, tmp_path, label_lora={"self_condition": True})
+
+
 def test_a_retrained_label_model_or_new_sampling_gets_its_own_store(tmp_path):
     from pipeline_lib.models.build import init_models
     from pipeline_lib.quality import for_current_models

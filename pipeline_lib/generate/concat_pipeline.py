@@ -1,12 +1,16 @@
-"""Image sampling with a concat-conditioned UNet: the label's class channels beside the latent.
+"""Sampling loops for UNets whose input is wider than the latent (``models.unet_input``).
 
-diffusers has no pipeline for a UNet whose extra input channels are class maps (its
-inpainting pipeline expects a mask and a masked image), so this is one: the SD text-to-image
-loop, with classifier-free guidance on label and prompt together (the unconditional branch
-sees zero class channels and the empty prompt, as in training).
+diffusers has no pipeline for either: its inpainting pipeline expects a mask and a masked
+image. ``LabelConcatPipeline`` draws an image beside the label's class channels, with
+classifier-free guidance on label and prompt together (the unconditional branch sees zero
+class channels and the empty prompt, as in training). ``SelfConditionedLabelPipeline``
+draws a label map, each step reading beside the noisy latent the model's estimate of the
+clean label from the step before (zeros at the first step, as half of training sees).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import torch
@@ -17,8 +21,8 @@ from pipeline_lib.models.label_condition import condition_channels, label_condit
 from pipeline_lib.models.sd_folder import sd_scale_factor
 
 
-class LabelConcatPipeline(DiffusionPipeline):
-    """Text + label-map to image; ``unet.config.in_channels`` = latent + class channels."""
+class _WideInputPipeline(DiffusionPipeline):
+    """Text encoding, the initial noise and decoding shared by both loops."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
@@ -29,11 +33,13 @@ class LabelConcatPipeline(DiffusionPipeline):
         )
         self.scale_factor = sd_scale_factor(vae)
         self.latent_channels = unet.config.out_channels
-        expected = self.latent_channels + condition_channels(self.scale_factor)
-        if unet.config.in_channels != expected:
+
+    def _check_input_channels(self, extra: int, what: str) -> None:
+        expected = self.latent_channels + extra
+        if self.unet.config.in_channels != expected:
             raise ValueError(
-                f"unet.config.in_channels is {unet.config.in_channels}; a concat image model "
-                f"on this VAE needs {expected} (latent {self.latent_channels} + classes)"
+                f"unet.config.in_channels is {self.unet.config.in_channels}; {what} on this "
+                f"VAE needs {expected} (latent {self.latent_channels} + {extra})"
             )
 
     @torch.no_grad()
@@ -46,6 +52,42 @@ class LabelConcatPipeline(DiffusionPipeline):
             return_tensors="pt",
         ).input_ids
         return self.text_encoder(ids.to(self.device))[0].to(self.unet.dtype)
+
+    def _text(self, prompt: list[str], negative_prompt: list[str] | None, guided: bool):
+        text = self._encode(list(prompt))
+        if guided:
+            text = torch.cat([self._encode(negative_prompt or [""] * len(prompt)), text])
+        return text
+
+    def _noise(self, batch: int, height: int, width: int, generator) -> torch.Tensor:
+        """The initial latents; call after ``scheduler.set_timesteps``."""
+        if height % self.scale_factor or width % self.scale_factor:
+            raise ValueError(f"size {height}x{width} is not a multiple of {self.scale_factor}")
+        factor = self.scale_factor
+        shape = (batch, self.latent_channels, height // factor, width // factor)
+        dtype = self.unet.dtype
+        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+        # After set_timesteps: a sigma scheduler's initial noise scale depends on them.
+        return latents * self.scheduler.init_noise_sigma
+
+    def _step(self, out: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, generator):
+        # A stochastic scheduler (DDPM) draws its step noise from the samples' own
+        # generators, as diffusers' pipelines pass them, so a seed gives the same sample.
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            return self.scheduler.step(out, t, latents, generator=generator)
+        return self.scheduler.step(out, t, latents)
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+class LabelConcatPipeline(_WideInputPipeline):
+    """Text + label-map to image; ``unet.config.in_channels`` = latent + class channels."""
+
+    def __init__(self, vae, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler)
+        self._check_input_channels(condition_channels(self.scale_factor), "a concat image model")
 
     @torch.no_grad()
     def __call__(
@@ -65,25 +107,14 @@ class LabelConcatPipeline(DiffusionPipeline):
                 f"for {len(prompt)} prompts"
             )
         batch, height, width = masks.shape
-        if height % self.scale_factor or width % self.scale_factor:
-            raise ValueError(f"mask size {height}x{width} is not a multiple of {self.scale_factor}")
-        dtype, device = self.unet.dtype, self.device
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        latents = self._noise(batch, height, width, generator)
         cond = label_condition(torch.from_numpy(masks.astype(np.int64)), self.scale_factor)
-        cond = cond.to(device, dtype)
-        text = self._encode(list(prompt))
+        cond = cond.to(self.device, self.unet.dtype)
         guided = guidance_scale > 1
+        text = self._text(prompt, negative_prompt, guided)
         if guided:
-            text = torch.cat([self._encode(negative_prompt or [""] * batch), text])
             cond = torch.cat([torch.zeros_like(cond), cond])
-        shape = (
-            batch,
-            self.latent_channels,
-            height // self.scale_factor,
-            width // self.scale_factor,
-        )
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = latents * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
@@ -91,6 +122,54 @@ class LabelConcatPipeline(DiffusionPipeline):
             if guided:
                 uncond, conditioned = out.chunk(2)
                 out = uncond + guidance_scale * (conditioned - uncond)
-            latents = self.scheduler.step(out, t, latents).prev_sample
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+            latents = self._step(out, t, latents, generator).prev_sample
+        return self._decode(latents)
+
+
+class SelfConditionedLabelPipeline(_WideInputPipeline):
+    """Text to label map; ``unet.config.in_channels`` = twice the latent (latent + estimate)."""
+
+    def __init__(self, vae, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler)
+        self._check_input_channels(self.latent_channels, "a self-conditioned label model")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: list[str],
+        height: int,
+        width: int,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 1.0,
+        generator: list[torch.Generator] | None = None,
+        negative_prompt: list[str] | None = None,
+    ) -> np.ndarray:
+        """(B, H, W, 3) float label maps in [0, 1], one per prompt."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        latents = self._noise(len(prompt), height, width, generator)
+        guided = guidance_scale > 1
+        text = self._text(prompt, negative_prompt, guided)
+        estimate = torch.zeros_like(latents)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = self.scheduler.scale_model_input(latents, t)
+            model_in = torch.cat([model_in, estimate], 1)
+            if guided:
+                model_in = torch.cat([model_in] * 2)
+            out = self.unet(model_in, t, encoder_hidden_states=text).sample
+            if guided:
+                uncond, conditioned = out.chunk(2)
+                out = uncond + guidance_scale * (conditioned - uncond)
+            step = self._step(out, t, latents, generator)
+            latents = step.prev_sample
+            estimate = _clean_estimate(step, self.scheduler)
+        return self._decode(latents)
+
+
+def _clean_estimate(step, scheduler) -> torch.Tensor:
+    estimate = getattr(step, "pred_original_sample", None)
+    if estimate is None:
+        raise ValueError(
+            f"{type(scheduler).__name__} reports no estimate of the clean sample; "
+            "a self-conditioned label model needs one (ddpm, ddim, euler)"
+        )
+    return estimate

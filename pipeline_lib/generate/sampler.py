@@ -33,7 +33,10 @@ from pipeline_lib.data.classes import LABEL_COLOURS
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.generate.agreement import DISAGREEMENT, AgreementFilter
-from pipeline_lib.generate.concat_pipeline import LabelConcatPipeline
+from pipeline_lib.generate.concat_pipeline import (
+    LabelConcatPipeline,
+    SelfConditionedLabelPipeline,
+)
 from pipeline_lib.generate.duplicates import DuplicateFilter
 from pipeline_lib.generate.qa import LabelQA, score_label
 from pipeline_lib.generate.seeds import image_seed, pick_style, sample_id, sample_seed
@@ -46,6 +49,7 @@ from pipeline_lib.generate.selection import (
 )
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import CONTROLNET_SUBDIR, load_controlnet, load_sd_components
+from pipeline_lib.models.unet_input import is_self_conditioned
 from pipeline_lib.precision import cpu_has_bf16
 from pipeline_lib.store.shard_writer import ShardData
 from pipeline_lib.store.store import SampleStore
@@ -113,7 +117,9 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
 class Generator:
     """SD label pipeline and SD + ControlNet image pipeline, loaded once, sharing components."""
 
-    def __init__(self, cfg: FactoryConfig):
+    def __init__(self, cfg: FactoryConfig, with_images: bool = True):
+        """``with_images=False`` loads the label pipeline alone, for work that draws labels
+        only (``bench.label_sampling``): no image model need exist, none is hashed."""
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         gen = cfg.generation
@@ -142,13 +148,24 @@ class Generator:
             self.lora_hash = model_hash(lora)
         elif (lora / "config.json").is_file():
             # A fully fine-tuned label UNet: the image pass keeps the base's own.
-            self.label_pipe.unet = UNet2DConditionModel.from_pretrained(
+            label_unet = UNet2DConditionModel.from_pretrained(
                 lora, torch_dtype=self.dtype, local_files_only=True
             )
+            if is_self_conditioned(label_unet):
+                self.label_pipe = SelfConditionedLabelPipeline(
+                    parts.vae,
+                    parts.text_encoder,
+                    parts.tokenizer,
+                    label_unet,
+                    self.label_pipe.scheduler,
+                )
+            else:
+                self.label_pipe.unet = label_unet
             self.lora_hash = model_hash(lora)
-        cn_dir = controlnet_dir(cfg)
+        cn_dir = controlnet_dir(cfg) if with_images else None
         image_scheduler = scheduler_cls.from_config(parts.scheduler.config)
-        self.concat = is_concat_model(cn_dir)
+        self.concat = cn_dir is not None and is_concat_model(cn_dir)
+        self.image_pipe: LabelConcatPipeline | StableDiffusionControlNetPipeline | None = None
         if self.concat:
             unet = UNet2DConditionModel.from_pretrained(
                 cn_dir, torch_dtype=self.dtype, local_files_only=True
@@ -156,7 +173,7 @@ class Generator:
             self.image_pipe = LabelConcatPipeline(
                 parts.vae, parts.text_encoder, parts.tokenizer, unet, image_scheduler
             )
-        else:
+        elif cn_dir is not None:
             self.image_pipe = StableDiffusionControlNetPipeline(
                 **shared,
                 controlnet=load_controlnet(cn_dir, dtype=self.dtype),
@@ -164,14 +181,15 @@ class Generator:
                 **none,
             )
         for pipe in (self.label_pipe, self.image_pipe):
-            pipe.to(self.device)
-            pipe.set_progress_bar_config(disable=True)
+            if pipe is not None:
+                pipe.to(self.device)
+                pipe.set_progress_bar_config(disable=True)
         base_hash = model_hash(cfg.models.base)
         self.hashes = {
             "label_model_hash": base_hash,
             "lora_hash": self.lora_hash,
             "image_model_hash": base_hash,
-            "controlnet_hash": model_hash(cn_dir),
+            "controlnet_hash": model_hash(cn_dir) if cn_dir is not None else NO_LORA,
         }
         log.info(
             "generator ready on %s: base %s, LoRA %s, ControlNet %s",
@@ -209,17 +227,20 @@ class Generator:
     def sample_labels(self, draws: list[Draw]) -> list[tuple[np.ndarray, np.ndarray, LabelQA]]:
         """Colour label, snapped raw mask and QA of each draw (one batched SD call)."""
         gen = self.cfg.generation
+        call = {
+            "prompt": [d.prompt for d in draws],
+            "negative_prompt": [d.negative_prompt for d in draws],
+            "num_inference_steps": gen.label_steps,
+            "guidance_scale": gen.label_guidance,
+            "height": gen.resolution,
+            "width": gen.resolution,
+            "generator": [torch.Generator("cpu").manual_seed(d.seed) for d in draws],
+        }
         with self.precision():
-            out = self.label_pipe(
-                prompt=[d.prompt for d in draws],
-                negative_prompt=[d.negative_prompt for d in draws],
-                num_inference_steps=gen.label_steps,
-                guidance_scale=gen.label_guidance,
-                height=gen.resolution,
-                width=gen.resolution,
-                output_type="np",
-                generator=[torch.Generator("cpu").manual_seed(d.seed) for d in draws],
-            ).images
+            if isinstance(self.label_pipe, SelfConditionedLabelPipeline):
+                out = self.label_pipe(**call)
+            else:
+                out = self.label_pipe(**call, output_type="np").images
         results = []
         colours = LABEL_COLOURS[self.cfg.label_lora.colours]
         for rgb in _to_uint8(out):

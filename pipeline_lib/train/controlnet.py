@@ -31,6 +31,7 @@ from pipeline_lib.models.sd_folder import (
     load_sd_components,
     sd_scale_factor,
 )
+from pipeline_lib.models.unet_input import widened_unet
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (
@@ -56,17 +57,7 @@ def initial_controlnet(base: Path, unet: torch.nn.Module, vae_scale_factor: int)
 
 def concat_unet(unet: UNet2DConditionModel, scale_factor: int) -> UNet2DConditionModel:
     """``unet`` with the label's class channels appended to its input, initially ignored."""
-    extra = condition_channels(scale_factor)
-    config = dict(unet.config, in_channels=unet.config.in_channels + extra)
-    widened = UNet2DConditionModel.from_config(config)
-    state = unet.state_dict()
-    weight = state.pop("conv_in.weight")
-    widened.load_state_dict(state, strict=False)
-    with torch.no_grad():
-        widened.conv_in.weight.zero_()
-        widened.conv_in.weight[:, : weight.shape[1]] = weight
-        widened.conv_in.bias.copy_(state["conv_in.bias"])
-    return widened
+    return widened_unet(unet, condition_channels(scale_factor))
 
 
 def train_controlnet(

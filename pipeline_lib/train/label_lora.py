@@ -1,7 +1,8 @@
-"""Label generator: a LoRA on the UNet, trained on colourised masks.
+"""Label generator: a LoRA on the UNet (or the whole UNet), trained on colourised masks.
 
 Sampling the LoRA'd UNet from noise yields new label maps. Only the LoRA weights learn;
-the objective is the standard SD one (see ``objective.py``).
+the objective is the standard SD one (see ``objective.py``). With ``self_condition`` the
+fully fine-tuned UNet also reads its own previous estimate of the label.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.build import ensure_base_models
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import load_sd_components
+from pipeline_lib.models.unet_input import widened_unet
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (
@@ -84,6 +86,8 @@ def train_label_lora(
     for frozen in (sd.vae, sd.text_encoder):
         place(frozen.requires_grad_(False).eval(), accelerator.device, dtype)
     full = lora.method == "full"
+    if lora.self_condition:
+        sd.unet = widened_unet(sd.unet, sd.unet.config.out_channels)
     if full:
         sd.unet.requires_grad_(True).to(accelerator.device)
     else:
@@ -95,9 +99,25 @@ def train_label_lora(
 
     def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
         noisy, t, text, target = loss.inputs(batch)
+        if lora.self_condition:
+            noisy = torch.cat([noisy, self_condition_input(batch, noisy, t, text)], 1)
         with accelerator.autocast():
             prediction = job.model(noisy, t, encoder_hidden_states=text).sample
         return loss.mse(prediction, target)
+
+    def self_condition_input(
+        batch: Batch, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor
+    ) -> torch.Tensor:
+        # Half the samples see the model's own estimate from a first, gradient-free pass
+        # (Chen et al., analog bits); the others see zeros, as the first sampling step does.
+        estimate = torch.zeros_like(noisy)
+        coins = loss.self_condition_coins(batch).to(noisy.device)
+        if coins.any():
+            with torch.no_grad(), accelerator.autocast():
+                first = job.model(torch.cat([noisy, estimate], 1), t, encoder_hidden_states=text)
+            guess = loss.predicted_sample(noisy, t, first.sample).to(noisy.dtype)
+            estimate = torch.where(coins[:, None, None, None], guess, estimate)
+        return estimate
 
     job = TrainJob(
         kind="label-lora",

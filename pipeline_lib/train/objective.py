@@ -17,6 +17,9 @@ from pipeline_lib.errors import CheckpointError
 from pipeline_lib.models.sd_folder import SDComponents
 from pipeline_lib.train.pair_sampler import Batch, PairSampler
 
+# XORed into a sample's seed for its self-conditioning coin.
+_COIN_SALT = 0x5E1FC0
+
 
 def training_prompt(cfg: FactoryConfig) -> str:
     """generation.prompt plus the first style's prompt: the text the models learn."""
@@ -115,6 +118,27 @@ class DiffusionLoss:
                 f"unsupported prediction_type {kind!r} in the base scheduler config"
             )
         return noisy.to(self.dtype), t, text, target
+
+    def predicted_sample(
+        self, noisy: torch.Tensor, t: torch.Tensor, output: torch.Tensor
+    ) -> torch.Tensor:
+        """The clean latents the model's ``output`` at ``noisy`` implies (its x0 estimate)."""
+        alpha = self.noise_scheduler.alphas_cumprod.to(noisy.device)[t].float()
+        alpha = alpha.view(-1, *[1] * (noisy.dim() - 1))
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "v_prediction":
+            return alpha.sqrt() * noisy.float() - (1 - alpha).sqrt() * output.float()
+        return (noisy.float() - (1 - alpha).sqrt() * output.float()) / alpha.sqrt()
+
+    @staticmethod
+    def self_condition_coins(batch: Batch, probability: float = 0.5) -> torch.Tensor:
+        """Which samples of ``batch`` see the model's own estimate (True) rather than zeros;
+        from a generator of their own, so the noise and timestep draws stay as they were."""
+        coins = [
+            torch.rand((), generator=torch.Generator().manual_seed(int(seed) ^ _COIN_SALT))
+            for seed in batch.seeds
+        ]
+        return torch.stack(coins) < probability
 
     @staticmethod
     def _draw(seed: int, shape: torch.Size, steps: int) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,45 @@
+"""bench.label_sampling on a tiny trained label model: one scored row per sampler setting."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_lib.data.synth import make_synthetic_loveda
+
+# bench/ sits beside the package, not in it: import it from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import label_sampling  # noqa: E402
+
+
+@pytest.mark.slow
+def test_each_sampler_setting_gets_a_row_of_label_fidelity(tmp_path, one_torch_thread, capsys):
+    from pipeline_lib.config import load_config
+    from pipeline_lib.train import train_label_lora
+
+    make_synthetic_loveda(tmp_path / "synth", tiles=2, size=64, seed=2)
+    train = {"steps": 2, "batch_size": 2, "resolution": 32, "checkpoint_every": 2}
+    raw = {
+        "work_dir": str(tmp_path / "work"),
+        "data": {"root": str(tmp_path / "synth")},
+        "models": {"preset": "tiny-pixel"},
+        "label_lora": {**train, "method": "full", "colours": "bits"},
+        "generation": {"resolution": 32, "batch_size": 2, "label_scheduler": "ddpm"},
+    }
+    config = tmp_path / "factory.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    train_label_lora(load_config(config), progress=False)
+    out = tmp_path / "label_sampling.json"
+    settings = ["--samples", "2", "--steps", "1", "2", "--guidance", "1", "--threads", "1"]
+    label_sampling.main([str(config), *settings, "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]["rows"]
+    assert [(r["label_steps"], r["label_guidance"]) for r in rows] == [(1, 1.0), (2, 1.0)]
+    for row in rows:
+        assert 0 <= row["off_palette_mean"] <= row["off_palette_p95"] <= 1
+        assert 0 <= row["class_fraction_tv"] <= 1 and row["labels_per_s"] > 0
+    assert "off_palette_mean" in capsys.readouterr().out
