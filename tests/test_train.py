@@ -318,3 +318,14 @@ def test_cli_training_synthesises_the_configured_data_set_first(tmp_path):
     assert "done at step 1/1" in result.output
     root = config_from_dict(raw).data.root
     assert len(list((root / "Train").glob("*/masks_png/*.png"))) == 4
+
+
+def test_self_conditioning_off_keeps_the_checkpoint_hash_it_had_before_the_field():
+    from pipeline_lib.config import LabelLoraConfig
+    from pipeline_lib.train.resumable import train_section_hash
+
+    full = LabelLoraConfig(method="full", colours="bits", steps=6000)
+    # Computed by 64468b7, before self_condition existed: its checkpoints must still resume.
+    assert train_section_hash(full, "a prompt") == "0bb30fda36a9cdc8"
+    widened = full.model_copy(update={"self_condition": True})
+    assert train_section_hash(widened, "a prompt") != train_section_hash(full, "a prompt")
