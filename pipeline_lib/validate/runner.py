@@ -104,7 +104,10 @@ def build_runner(config: dict[str, Any], name: str) -> Any:
     trust_checkpoint_dir(config["work_dir"])
     # A unique name per runner: mmengine keys its logger and visualizer singletons on it.
     experiment = f"{name}-{time.strftime('%Y%m%d_%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    return Runner.from_cfg(Config(dict(config, experiment_name=experiment)))
+    # Unformatted: mmengine formats the config with yapf for its log line, its dump and every
+    # checkpoint, ~1.3 s each on 2 CPU cores (40% of a 2-iteration run's wall time).
+    config = Config(dict(config, experiment_name=experiment), format_python_code=False)
+    return Runner.from_cfg(config)
 
 
 def _timing_hook() -> Any:
