@@ -323,3 +323,14 @@ def test_local_flow_runs_skip_heartbeats_and_tasks_get_a_saved_result_block(pref
     assert get_current_settings().flows.heartbeat_frequency is None
     block = _result_storage(str(tmp_path / "results"), prefect_api)
     assert block._block_document_id is not None, "a slug or unsaved block is loaded per task run"
+
+
+def test_a_cpu_run_takes_no_slot_of_the_gpu_limit(prefect_api, tmp_path):
+    # Entering a tag's concurrency context leases a slot from the server: 0.35-0.7 s per task.
+    from tasks.generation import generate_shard_task
+    from tasks.options import GPU_TAG, configured
+
+    on = {device: config_from_dict(tiny(tmp_path, device=device)) for device in ("cpu", "cuda")}
+    assert GPU_TAG not in configured(generate_shard_task, on["cpu"]).tags
+    assert GPU_TAG in configured(generate_shard_task, on["cuda"]).tags
+    assert GPU_TAG in generate_shard_task.tags, "configured() must not change the task itself"
