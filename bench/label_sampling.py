@@ -22,6 +22,7 @@ import numpy as np
 
 from bench.cli import command_line, positive_int
 from bench.report import format_table, write_results
+from pipeline_lib.choices import SCHEDULER_CLASSES
 
 NAME = "label_sampling"
 
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=positive_int, default=64, help="labels per setting")
     parser.add_argument("--steps", type=positive_int, nargs="+", help="label step counts")
     parser.add_argument("--guidance", type=float, nargs="+", help="label guidance scales")
-    parser.add_argument("--schedulers", nargs="+", help="label schedulers (ddpm, ddim, ...)")
+    parser.add_argument(
+        "--schedulers", nargs="+", choices=list(SCHEDULER_CLASSES), help="label schedulers"
+    )
     parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/)")
     args = parser.parse_args(argv)
