@@ -70,12 +70,13 @@ class _WideInputPipeline(DiffusionPipeline):
         # After set_timesteps: a sigma scheduler's initial noise scale depends on them.
         return latents * self.scheduler.init_noise_sigma
 
-    def _step(self, out: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, generator):
+    def _step_kwargs(self, generator) -> dict:
         # A stochastic scheduler (DDPM) draws its step noise from the samples' own
         # generators, as diffusers' pipelines pass them, so a seed gives the same sample.
+        # Read once per call, as diffusers' prepare_extra_step_kwargs does, not per step.
         if "generator" in inspect.signature(self.scheduler.step).parameters:
-            return self.scheduler.step(out, t, latents, generator=generator)
-        return self.scheduler.step(out, t, latents)
+            return {"generator": generator}
+        return {}
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
@@ -108,6 +109,7 @@ class LabelConcatPipeline(_WideInputPipeline):
             )
         batch, height, width = masks.shape
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        step_kwargs = self._step_kwargs(generator)
         latents = self._noise(batch, height, width, generator)
         cond = label_condition(torch.from_numpy(masks.astype(np.int64)), self.scale_factor)
         cond = cond.to(self.device, self.unet.dtype)
@@ -122,7 +124,7 @@ class LabelConcatPipeline(_WideInputPipeline):
             if guided:
                 uncond, conditioned = out.chunk(2)
                 out = uncond + guidance_scale * (conditioned - uncond)
-            latents = self._step(out, t, latents, generator).prev_sample
+            latents = self.scheduler.step(out, t, latents, **step_kwargs).prev_sample
         return self._decode(latents)
 
 
@@ -146,6 +148,7 @@ class SelfConditionedLabelPipeline(_WideInputPipeline):
     ) -> np.ndarray:
         """(B, H, W, 3) float label maps in [0, 1], one per prompt."""
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        step_kwargs = self._step_kwargs(generator)
         latents = self._noise(len(prompt), height, width, generator)
         guided = guidance_scale > 1
         text = self._text(prompt, negative_prompt, guided)
@@ -159,7 +162,7 @@ class SelfConditionedLabelPipeline(_WideInputPipeline):
             if guided:
                 uncond, conditioned = out.chunk(2)
                 out = uncond + guidance_scale * (conditioned - uncond)
-            step = self._step(out, t, latents, generator)
+            step = self.scheduler.step(out, t, latents, **step_kwargs)
             latents = step.prev_sample
             estimate = _clean_estimate(step, self.scheduler)
         return self._decode(latents)
