@@ -2,7 +2,10 @@
 
 On the smallest config that still goes through every stage (``tests/factory_configs.py``'s
 ``minimal_config``: 4 synthetic tiles, 2 training steps per model, 4 samples in 2 shards,
-Mask2Former on Gen. and Ori. for 2 iterations), in one process:
+Mask2Former on Gen. and Ori. for 2 iterations), in one process. ``--scale K`` multiplies the
+work and keeps the task graph: 2K training steps per model, 4K samples in 2 shards of 2K,
+2K Mask2Former iterations. The flow's bookkeeping is per task and per flow run, so its share
+of the wall time falls as each task's work grows:
 
 * **library**: ``prepare_dataset``, the ``pipeline_lib.train`` functions (VAE, label LoRA,
   ControlNet), ``generate_to_quota`` over ``generate_and_commit_shard`` with one
@@ -19,6 +22,7 @@ mmseg, Prefect) and the server start happen before any timing and are reported a
 (medians over rounds).
 
     python -m bench.flow_vs_library --flow-rounds 3
+    python -m bench.flow_vs_library --flow-rounds 2 --scale 25
 """
 
 from __future__ import annotations
@@ -43,14 +47,29 @@ NAME = "flow_vs_library"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def minimal_config(work_dir: Path) -> dict[str, Any]:
-    """``tests/factory_configs.minimal_config`` (the tests' smallest full factory)."""
+def minimal_config(work_dir: Path, scale: int = 1) -> dict[str, Any]:
+    """``tests/factory_configs.minimal_config`` (the tests' smallest full factory), its work
+    multiplied by ``scale`` on the same stages, shards and validation rows."""
     sys.path.insert(0, str(ROOT / "tests"))
     try:
         from factory_configs import minimal_config as config
     finally:
         sys.path.remove(str(ROOT / "tests"))
-    return config(work_dir, name="bench-flow")
+    config = config(work_dir, name="bench-flow")
+    for stage in ("vae", "label_lora", "controlnet"):
+        steps = config[stage]["steps"] * scale
+        config[stage] = {**config[stage], "steps": steps, "checkpoint_every": steps}
+    config["store"] = {**config["store"], "shard_size": config["store"]["shard_size"] * scale}
+    quota = config["quota"]["samples"] * scale
+    config["quota"] = {"samples": quota, "validate_every": quota}
+    iters = config["validation"]["iters"] * scale
+    config["validation"] = {
+        **config["validation"],
+        "iters": iters,
+        "val_interval": iters,
+        "checkpoint_interval": iters,
+    }
+    return config
 
 
 # ------------------------------------------------------------------ the library, directly
@@ -117,7 +136,7 @@ def library_factory(config) -> int:
 # ------------------------------------------------------------------ the measuring child
 
 
-def child(out: Path, workdir: Path, rounds: int) -> None:
+def child(out: Path, workdir: Path, rounds: int, scale: int) -> None:
     """Runs in its own process (a fresh Prefect home and settings): every timed run."""
     from pipeline_lib.config import config_from_dict
 
@@ -133,7 +152,7 @@ def child(out: Path, workdir: Path, rounds: int) -> None:
     imports_s = time.perf_counter() - t0
 
     def config(name: str):
-        return config_from_dict(minimal_config(workdir / name))
+        return config_from_dict(minimal_config(workdir / name, scale))
 
     def library(name: str) -> float:
         cfg = config(name)
@@ -191,7 +210,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", f"bench.{NAME}", "--child", str(workdir)]
-    command += ["--flow-rounds", str(args.flow_rounds)]
+    command += ["--flow-rounds", str(args.flow_rounds), "--scale", str(args.scale)]
     with open(log, "wb") as sink:
         done = subprocess.run(command, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
     if done.returncode != 0 or not out.is_file():
@@ -231,6 +250,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="rounds of (library, flow, cached flow) runs; medians reported (default 3)",
     )
+    parser.add_argument(
+        "--scale",
+        type=positive_int,
+        default=1,
+        help="multiply the minimal config's training steps, samples and segmenter "
+        "iterations, same tasks (default 1)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -246,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     raw = results["raw"]
     print(
-        f"factory flow vs library calls: minimal config (every stage), "
+        f"factory flow vs library calls: minimal config (every stage) x{args.scale} work, "
         f"{args.flow_rounds} round(s), {raw['torch_threads']} torch thread(s)"
     )
     print(table(results))
@@ -255,7 +281,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{results['cached_rerun_share']:.3f}; imports {raw['imports_s']:.1f} s and local "
         f"server start {raw['server_start_s']:.1f} s are before the timings, in neither."
     )
-    parameters = {"rounds": args.flow_rounds, "config": minimal_config(Path("WORK_DIR"))}
+    parameters = {
+        "rounds": args.flow_rounds,
+        "scale": args.scale,
+        "config": minimal_config(Path("WORK_DIR"), args.scale),
+    }
     write_results(NAME, parameters, results)
     return results
 
@@ -266,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        child(args.child / "raw.json", args.child, args.flow_rounds)
+        child(args.child / "raw.json", args.child, args.flow_rounds, args.scale)
         return
     run(args)
 

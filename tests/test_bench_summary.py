@@ -60,3 +60,19 @@ def test_generation_and_flow_figures_fill_their_summary_keys():
     summary = flow_library_summary(flow)
     assert summary["flow_overhead_share"] == 0.2 and summary["cached_rerun_share"] == 1 / 12
     assert summary["flow_seconds"]["flow_s"] == 12.0
+
+
+def test_flow_bench_scale_multiplies_the_work_on_the_same_task_graph():
+    from bench.flow_vs_library import minimal_config
+    from pipeline_lib.config import config_from_dict
+
+    one = config_from_dict(minimal_config(Path("w")))
+    five = config_from_dict(minimal_config(Path("w"), scale=5))
+    for stage in ("vae", "label_lora", "controlnet"):
+        assert getattr(five, stage).steps == 5 * getattr(one, stage).steps
+    assert five.validation.iters == 5 * one.validation.iters
+    assert five.quota.samples == 5 * one.quota.samples
+    # The same shards and quota steps: the flow runs the same tasks, each with more work.
+    shards = one.quota.samples // one.store.shard_size
+    assert five.quota.samples // five.store.shard_size == shards
+    assert five.quota.samples // five.quota.validate_every == 1
