@@ -340,6 +340,11 @@ class ValidationConfig(Section):
     val_interval: int = Field(100, ge=1)
     checkpoint_interval: int = Field(100, ge=1)
     tta: bool = False
+    rot_flip: bool = Field(
+        False,
+        description="also turn each training crop by a random multiple of 90 degrees and "
+        "mirror it (an aerial view has no up)",
+    )
     scale_factors: list[float] | None = Field(
         None,
         description="train at these rescale factors and evaluate at the native scale "
@@ -376,11 +381,13 @@ class ValidationConfig(Section):
 
     @model_serializer(mode="wrap")
     def _omit_empty_sweep(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Without a sweep the dump is what it was before mix_ratios existed, so the
-        # validation and consistency cache keys and saved validation.json stay the same.
+        # Without a sweep (or rot_flip) the dump is what it was before those fields existed,
+        # so the validation and consistency cache keys and saved validation.json stay the same.
         data = handler(self)
         if not self.mix_ratios:
             data.pop("mix_ratios", None)
+        if not self.rot_flip:
+            data.pop("rot_flip", None)
         return data
 
 

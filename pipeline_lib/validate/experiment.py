@@ -144,7 +144,8 @@ def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
             "scale_factors",
             "class_weights",
         }
-        | ({"mix_by"} if len(sources) > 1 else set()),
+        | ({"mix_by"} if len(sources) > 1 else set())
+        | ({"rot_flip"} if cfg.rot_flip else set()),
         mode="json",
     )
     parts = [json.dumps(fields, sort_keys=True)]

@@ -73,20 +73,25 @@ def _resize(crop_size: int, scale_factors: Sequence[float] | None) -> dict[str, 
 
 
 def train_pipeline(
-    crop_size: int, scale_factors: Sequence[float] | None = None
+    crop_size: int, scale_factors: Sequence[float] | None = None, rot_flip: bool = False
 ) -> list[dict[str, Any]]:
     """mmseg's LoveDA train pipeline, scaled from its 512 crop to ``crop_size``.
 
     mmseg resizes every tile to a size tied to the crop (LoveDA's 1024 px tiles to
     256-1024); with ``scale_factors`` each sample is rescaled by one of those factors
-    instead and evaluated at its native scale.
+    instead and evaluated at its native scale. ``rot_flip`` turns each crop by a random
+    multiple of 90 degrees and mirrors it: the eight views of a tile seen from above.
     """
     crop = (crop_size, crop_size)
+    # rotate_prob 0: mmseg's free-angle rotation would interpolate the label map. The turn
+    # always mirrors; the random flip after it undoes that half the time (pure rotations).
+    turns = [dict(type="RandomRotFlip", rotate_prob=0.0, flip_prob=1.0)] if rot_flip else []
     return [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", reduce_zero_label=True),
         _resize(crop_size, scale_factors),
         dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75),
+        *turns,
         dict(type="RandomFlip", prob=0.5),
         dict(type="PhotoMetricDistortion"),
         dict(type="PackSegInputs"),
@@ -164,6 +169,7 @@ def train_dataloader(
     batch_size: int,
     scale_factors: Sequence[float] | None = None,
     mix_by: str = MIX_BY[0],
+    rot_flip: bool = False,
 ) -> dict[str, Any]:
     """Infinite shuffled loader over the Train splits of ``roots`` (concatenated).
 
@@ -171,7 +177,7 @@ def train_dataloader(
     tiles repeat (mmengine's RepeatDataset) until each tile's share of the draws matches
     its share of the pixels.
     """
-    pipeline = train_pipeline(crop_size, scale_factors)
+    pipeline = train_pipeline(crop_size, scale_factors, rot_flip)
     datasets = [dataset_config(r, TRAIN, pipeline) for r in roots]
     if len(datasets) > 1 and mix_by == "pixels":
         datasets = [
