@@ -380,7 +380,7 @@ class ValidationConfig(Section):
         return ratios
 
     @model_serializer(mode="wrap")
-    def _omit_empty_sweep(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # Without a sweep (or rot_flip) the dump is what it was before those fields existed,
         # so the validation and consistency cache keys and saved validation.json stay the same.
         data = handler(self)

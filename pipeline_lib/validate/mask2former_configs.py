@@ -121,7 +121,8 @@ def optim_config(preset: str, lr: float, pretrained: bool = False) -> dict[str, 
     optim = _load_mmseg_config(preset).to_dict()["optim_wrapper"]
     optim["optimizer"]["lr"] = lr
     # paramwise_cfg gives every parameter its own group, so AdamW's default loop runs ~8
-    # small ops per tensor per step (a fifth of a mask2former-cpu step); fused is one kernel.
+    # small ops per tensor per step; fused is one kernel (mask2former-cpu at crop 64:
+    # 0.546 -> 0.505 s per iteration).
     optim["optimizer"]["fused"] = True
     if not pretrained:
         # mmseg slows the backbone 10x to protect ImageNet features; a random one has none.
