@@ -328,6 +328,10 @@ class QuotaConfig(Section):
     validate_every: int = Field(32, ge=1, description="validate each time this many more commit")
 
 
+# ValidationConfig fields added after cache keys were first computed; omitted when falsy.
+_LATER_FIELDS = ("mix_ratios", "rot_flip")
+
+
 class ValidationConfig(Section):
     model: Literal[SEGMENTERS] = "mask2former-cpu"  # type: ignore[valid-type]
     data: list[Literal[tuple(DATA_LABELS)]] = Field(  # type: ignore[valid-type]
@@ -381,13 +385,12 @@ class ValidationConfig(Section):
 
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Without a sweep (or rot_flip) the dump is what it was before those fields existed,
+        # At their defaults, fields added later leave the dump as it was before they existed,
         # so the validation and consistency cache keys and saved validation.json stay the same.
         data = handler(self)
-        if not self.mix_ratios:
-            data.pop("mix_ratios", None)
-        if not self.rot_flip:
-            data.pop("rot_flip", None)
+        for name in _LATER_FIELDS:
+            if not getattr(self, name):
+                data.pop(name, None)
         return data
 
 

@@ -19,6 +19,14 @@ def test_rot_flip_is_off_by_default_and_leaves_the_dump_as_before():
     assert len(_turns(mmseg_data.train_pipeline(64, rot_flip=True))) == 1
 
 
+def test_rot_flip_names_its_own_segmenter_folder_and_off_keeps_the_old_one():
+    from pipeline_lib.validate.experiment import training_key
+
+    # The key of a default config as computed before rot_flip existed: cached rows resume.
+    assert training_key([], ValidationConfig()) == "9a97a35647"
+    assert training_key([], ValidationConfig(rot_flip=True)) != "9a97a35647"
+
+
 def test_turned_crops_keep_exact_labels_aligned_with_their_image():
     from mmcv.transforms import Compose
     from mmengine.registry import init_default_scope

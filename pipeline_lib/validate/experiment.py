@@ -143,9 +143,9 @@ def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
             "pretrained_backbone",
             "scale_factors",
             "class_weights",
+            "rot_flip",  # the dump leaves it out when off: keys from before it stay
         }
-        | ({"mix_by"} if len(sources) > 1 else set())
-        | ({"rot_flip"} if cfg.rot_flip else set()),
+        | ({"mix_by"} if len(sources) > 1 else set()),
         mode="json",
     )
     parts = [json.dumps(fields, sort_keys=True)]
