@@ -35,7 +35,7 @@ postgres:
 			>/dev/null) || \
 		echo "postgresql could not be installed; the PostgreSQL test will be skipped"
 
-## Lint, then the full test suite (slow tests included; about 4 minutes on 2 idle cores).
+## Lint, then the full test suite (slow tests included; about 8 minutes on 2 idle cores).
 test: install browser postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
