@@ -24,6 +24,14 @@ def evaluate(
     device: Annotated[
         Literal["auto", "cpu", "cuda"], typer.Option("--device", help="auto: cuda when present")
     ] = "auto",
+    slide: Annotated[
+        bool | None,
+        typer.Option(
+            "--slide/--whole",
+            help="predict in crop-sized windows, or whole tiles (default: as each row was "
+            "validated, validation.slide)",
+        ),
+    ] = None,
 ) -> None:
     """Score the segmenters RUN_DIR trained (Gen., Ori., Gen.+Ori.) on another evaluation
     set without training again; write report.json, report.md and iou_bars.png under
@@ -33,7 +41,7 @@ def evaluate(
     from pipeline_lib.validate.evaluate import evaluate_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    report = evaluate_run(run_dir, eval_root, name, device=device, progress=True)
+    report = evaluate_run(run_dir, eval_root, name, device=device, progress=True, slide=slide)
     typer.echo(Path(report.files["markdown"]).read_text())
     for kind, path in report.files.items():
         typer.echo(f"{kind}: {path}")

@@ -329,7 +329,7 @@ class QuotaConfig(Section):
 
 
 # ValidationConfig fields added after cache keys were first computed; omitted when falsy.
-_LATER_FIELDS = ("mix_ratios", "rot_flip")
+_LATER_FIELDS = ("mix_ratios", "rot_flip", "slide")
 
 
 class ValidationConfig(Section):
@@ -348,6 +348,11 @@ class ValidationConfig(Section):
         False,
         description="also turn each training crop by a random multiple of 90 degrees and "
         "mirror it (an aerial view has no up)",
+    )
+    slide: bool = Field(
+        False,
+        description="predict each evaluation tile in crop_size windows (stride 3/4 of the "
+        "crop, overlaps averaged), as the model saw its training crops, instead of whole",
     )
     scale_factors: list[float] | None = Field(
         None,

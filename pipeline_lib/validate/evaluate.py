@@ -44,7 +44,9 @@ def load_segmenter(cfg: ValidationConfig, checkpoint: Path) -> Any:
     init_default_scope("mmseg")
     model = MODELS.build(
         ConfigDict(
-            model_config(cfg.model, cfg.crop_size, cfg.pretrained_backbone, cfg.class_weights)
+            model_config(
+                cfg.model, cfg.crop_size, cfg.pretrained_backbone, cfg.class_weights, cfg.slide
+            )
         )
     )
     trust_checkpoint_dir(checkpoint.parent)
@@ -193,10 +195,14 @@ def evaluate_run(
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    slide: bool | None = None,
 ) -> ValidationReport:
     """Score every segmenter of a validation step on the Val split of ``eval_root``, without
     training, and write the report (report.json, report.md, iou_bars.png) under
-    ``run_dir/eval/<name>`` (``name``: the evaluation folder's name by default)."""
+    ``run_dir/eval/<name>`` (``name``: the evaluation folder's name by default).
+
+    ``slide`` predicts in crop-sized windows (True) or whole tiles (False) whatever each row
+    was validated with; None keeps each row's own ``validation.slide``."""
     run_dir, eval_root = Path(run_dir), Path(eval_root).resolve()
     require_eval_split(eval_root)
     name = slug(eval_root.name) if name is None else name
@@ -211,8 +217,9 @@ def evaluate_run(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for segmenter in trained:
+        cfg = segmenter.cfg if slide is None else segmenter.cfg.model_copy(update={"slide": slide})
         scores = score_checkpoint(
-            segmenter.cfg,
+            cfg,
             segmenter.checkpoint,
             eval_root,
             run_dir / "data-cache",

@@ -50,7 +50,9 @@ def runner_config(
     config: dict[str, Any] = dict(
         default_scope="mmseg",
         work_dir=str(work_dir),
-        model=model_config(cfg.model, cfg.crop_size, cfg.pretrained_backbone, cfg.class_weights),
+        model=model_config(
+            cfg.model, cfg.crop_size, cfg.pretrained_backbone, cfg.class_weights, cfg.slide
+        ),
         train_dataloader=mmseg_data.train_dataloader(
             train_roots, cfg.crop_size, cfg.batch_size, cfg.scale_factors, cfg.mix_by, cfg.rot_flip
         ),
