@@ -80,11 +80,15 @@ def test_cli_evaluate_scores_a_moved_run_on_another_folder(
         "mine",
         "--device",
         "cpu",
+        "--slide",
     )
     assert result.code == 0, result.err
     data = json.loads((moved / "eval" / "mine" / "report.json").read_text())
     assert data["eval_root"] == str(other.resolve()) and data["eval_samples"] == 3
     assert all(Path(row["checkpoint"]).parent.parent == moved for row in data["rows"])
+    # Trained whole-tile, scored in windows: the report says which.
+    assert all(row["slide"] for row in data["rows"])
+    assert "predicting in crop-sized windows" in result.out
     assert "| Ori. |" in result.out and "iou_bars.png" in result.out
 
 

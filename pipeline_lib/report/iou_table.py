@@ -32,7 +32,8 @@ def markdown(report: ValidationReport) -> str:
         "",
         f"Evaluated on the **{report.eval_split}** split of `{report.eval_root}` "
         f"({report.eval_samples} tiles), model `{first.model}`"
-        f"{' with test-time augmentation' if first.tta else ''}.",
+        f"{' with test-time augmentation' if first.tta else ''}"
+        f"{', predicting in crop-sized windows' if first.slide else ''}.",
         "",
         markdown_table(report),
         "",

@@ -33,6 +33,7 @@ class ValidationResult:
     train_seconds: float
     seconds_per_iter: float
     seed: int
+    slide: bool = False  # predicted in crop-sized windows (absent from older result.json)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

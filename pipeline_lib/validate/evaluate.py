@@ -237,6 +237,7 @@ def evaluate_run(
                 pixel_accuracy=pixel_accuracy(scores.confusion),
                 mmseg_miou=scores.mmseg_miou,
                 checkpoint=str(segmenter.checkpoint),
+                slide=cfg.slide,
             )
         )
     return assemble_report(rows, run_dir / EVAL_DIR / name)

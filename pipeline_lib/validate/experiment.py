@@ -102,6 +102,7 @@ def run_data_name(
         train_seconds=round(seconds, 3),
         seconds_per_iter=round(per_iter, 4),
         seed=cfg.seed,
+        slide=cfg.slide,
     )
     (run_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2))
     (run_dir / VALIDATION_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
