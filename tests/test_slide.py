@@ -26,7 +26,9 @@ def _segmenter(crop: int, slide: bool):
 
     ensure_mmseg()
     init_default_scope("mmseg")
-    return MODELS.build(ConfigDict(model_config("mask2former-cpu", crop, slide=slide))).eval()
+    return MODELS.build(
+        ConfigDict(model_config(ValidationConfig(crop_size=crop, slide=slide)))
+    ).eval()
 
 
 def test_windows_give_tile_sized_masks_and_one_window_equals_the_whole_tile():

@@ -42,13 +42,7 @@ def load_segmenter(cfg: ValidationConfig, checkpoint: Path) -> Any:
     from mmseg.registry import MODELS
 
     init_default_scope("mmseg")
-    model = MODELS.build(
-        ConfigDict(
-            model_config(
-                cfg.model, cfg.crop_size, cfg.pretrained_backbone, cfg.class_weights, cfg.slide
-            )
-        )
-    )
+    model = MODELS.build(ConfigDict(model_config(cfg)))
     trust_checkpoint_dir(checkpoint.parent)
     load_checkpoint(model, str(checkpoint), map_location="cpu", logger="silent")
     return model

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.choices import SEGMENTERS
+from pipeline_lib.config import ValidationConfig
 from pipeline_lib.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from pipeline_lib.errors import CheckpointError, ConfigError
 from pipeline_lib.validate.mmcv_compat import ensure_mmseg
@@ -97,15 +98,10 @@ def _slide_head() -> str:
     return SlideMask2FormerHead.__name__
 
 
-def model_config(
-    preset: str,
-    crop_size: int,
-    pretrained_backbone: Path | None = None,
-    class_weights: dict[str, float] | None = None,
-    slide: bool = False,
-) -> dict[str, Any]:
-    """The ``model`` dict of a preset for ``NUM_CLASSES`` classes at ``crop_size``; with
-    ``slide``, it predicts in crop-sized windows at a stride of 3/4 of the crop."""
+def model_config(cfg: ValidationConfig) -> dict[str, Any]:
+    """The ``model`` dict of ``cfg.model`` for ``NUM_CLASSES`` classes at ``cfg.crop_size``;
+    with ``cfg.slide``, it predicts in crop-sized windows at a stride of 3/4 of the crop."""
+    preset, crop_size, pretrained_backbone = cfg.model, cfg.crop_size, cfg.pretrained_backbone
     if preset not in PRESETS:
         raise ConfigError(
             f"validation.model {preset!r} is unknown; choose one of {', '.join(PRESETS)}"
@@ -127,7 +123,7 @@ def model_config(
         backbone["norm_cfg"] = dict(type="BN", requires_grad=pretrained_backbone is None)
     head = model["decode_head"]
     head["num_classes"] = NUM_CLASSES
-    weights = dict(class_weights or {})
+    weights = dict(cfg.class_weights)
     unknown = sorted(set(weights) - set(CLASS_NAMES))
     if unknown:
         raise ConfigError(
@@ -139,7 +135,7 @@ def model_config(
     model["data_preprocessor"].update(
         mean=MEAN, std=STD, size=(crop_size, crop_size), seg_pad_val=IGNORE_INDEX
     )
-    if slide:
+    if cfg.slide:
         head["type"] = _slide_head()
         stride = crop_size * 3 // 4  # measured on the genuine tiles: 3/4 above 1/2
         model["test_cfg"] = dict(mode="slide", crop_size=(crop_size,) * 2, stride=(stride,) * 2)

@@ -50,9 +50,7 @@ def runner_config(
     config: dict[str, Any] = dict(
         default_scope="mmseg",
         work_dir=str(work_dir),
-        model=model_config(
-            cfg.model, cfg.crop_size, cfg.pretrained_backbone, cfg.class_weights, cfg.slide
-        ),
+        model=model_config(cfg),
         train_dataloader=mmseg_data.train_dataloader(
             train_roots, cfg.crop_size, cfg.batch_size, cfg.scale_factors, cfg.mix_by, cfg.rot_flip
         ),
