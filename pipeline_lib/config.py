@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -44,6 +44,17 @@ DEFAULT_PROMPT = "professional photograph, Satellite imagery, remote sensing, wo
 class Section(BaseModel):
     # Unknown keys are errors: a typo must never silently fall back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Fields added after cache keys were first computed: omitted from the dump while falsy,
+    # so cache keys, store names and saved configs stay what they were before them.
+    _later_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self._later_fields:
+            if not getattr(self, name):
+                data.pop(name, None)
+        return data
 
 
 class SynthConfig(Section):
@@ -208,8 +219,16 @@ class StyleConfig(Section):
 
 
 class QAConfig(Section):
+    _later_fields: ClassVar[tuple[str, ...]] = ("fill_off_code",)
+
     max_off_palette: float = Field(0.25, ge=0, le=1, description="reject above this share")
     palette_tolerance: int = Field(24, ge=0, le=255)
+    fill_off_code: bool = Field(
+        False,
+        description="a pixel further than palette_tolerance from every colour takes the class "
+        "of the nearest pixel within it, not of its nearest colour: a blurred border between "
+        "two classes otherwise snaps to a third",
+    )
     min_fragment_pixels: int = Field(4, ge=1)
     max_small_fragment_share: float = Field(0.05, ge=0, le=1)
     min_label_distance: float = Field(
@@ -328,11 +347,8 @@ class QuotaConfig(Section):
     validate_every: int = Field(32, ge=1, description="validate each time this many more commit")
 
 
-# ValidationConfig fields added after cache keys were first computed; omitted when falsy.
-_LATER_FIELDS = ("mix_ratios", "rot_flip", "slide")
-
-
 class ValidationConfig(Section):
+    _later_fields: ClassVar[tuple[str, ...]] = ("mix_ratios", "rot_flip", "slide")
     model: Literal[SEGMENTERS] = "mask2former-cpu"  # type: ignore[valid-type]
     data: list[Literal[tuple(DATA_LABELS)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(DATA_LABELS)
@@ -387,16 +403,6 @@ class ValidationConfig(Section):
         if len(set(ratios)) != len(ratios):
             raise ValueError(f"each ratio names one row; {ratios} repeats one")
         return ratios
-
-    @model_serializer(mode="wrap")
-    def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # At their defaults, fields added later leave the dump as it was before they existed,
-        # so the validation and consistency cache keys and saved validation.json stay the same.
-        data = handler(self)
-        for name in _LATER_FIELDS:
-            if not getattr(self, name):
-                data.pop(name, None)
-        return data
 
 
 class DaskConfig(Section):

@@ -43,6 +43,27 @@ def test_qa_keeps_a_clean_label_and_rejects_crafted_bad_ones():
     assert share == pytest.approx((speckled == 4).mean()) and smallest == 1
 
 
+def test_filling_off_code_pixels_is_judged_after_the_fill_and_off_leaves_the_dump_alone():
+    from pipeline_lib.data.classes import BIT_COLOURS
+
+    # A background | building border whose two bits change two pixels apart: snapped to
+    # the nearest colour it grows a two-pixel no-data seam, a fragment QA counts.
+    label = np.ones((16, 16), np.uint8)
+    label[:, 8:] = 2
+    rgb = BIT_COLOURS[label].copy()
+    rgb[:, 7] = (0, 0, 100)  # background's bit fading, building's not yet in
+    rgb[:, 8] = (0, 100, 0)
+    qa = QAConfig(max_off_palette=0.5, min_fragment_pixels=33, max_small_fragment_share=0.05)
+    snapped, verdict = score_label(rgb, qa, BIT_COLOURS)
+    assert verdict.reason == SMALL_FRAGMENTS and (snapped == 0).sum() == 32
+    filled, verdict = score_label(rgb, qa.model_copy(update={"fill_off_code": True}), BIT_COLOURS)
+    assert verdict.kept and np.array_equal(filled, label)
+    assert verdict.off_palette_share == pytest.approx(2 / 16)
+    # Off by default and then absent from the dump: store names and cache keys are unchanged.
+    assert "fill_off_code" not in QAConfig().model_dump()
+    assert QAConfig(fill_off_code=True).model_dump()["fill_off_code"] is True
+
+
 def test_sample_seeds_and_ids_depend_only_on_run_shard_and_attempt():
     assert sample_seed(0, 3, 5) == sample_seed(0, 3, 5)
     assert len({sample_seed(0, 3, a) for a in range(100)} | {sample_seed(1, 3, 0)}) == 101

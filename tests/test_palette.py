@@ -85,3 +85,31 @@ def test_bit_colours_put_every_value_on_its_own_cube_corner_and_snap_back():
     assert np.array_equal(snapped, mask) and off == 0.0
     blend = np.full((1, 1, 3), 128, np.uint8)
     assert snap_to_palette(blend, tolerance=24, colours=BIT_COLOURS)[1] == 1.0
+
+
+def test_fill_off_splits_a_blurred_border_between_its_two_classes():
+    from pipeline_lib.data.classes import BIT_COLOURS
+
+    # Background (001) fading into building (010), as a diffusion model draws a border it
+    # is unsure of: each bit on its own ramp, the building bit two pixels behind.
+    fade = np.clip((np.arange(18) - 4) / 8, 0, 1)
+    rise = np.clip((np.arange(18) - 6) / 8, 0, 1)
+    row = (1 - fade)[:, None] * BIT_COLOURS[1] + rise[:, None] * BIT_COLOURS[2]
+    rgb = np.repeat(row[None].round().astype(np.uint8), 2, axis=0)
+
+    snapped, off = snap_to_palette(rgb, tolerance=24, colours=BIT_COLOURS)
+    filled, off_filled = snap_to_palette(rgb, tolerance=24, colours=BIT_COLOURS, fill_off=True)
+
+    assert off == off_filled == 0.5
+    # Nearest-colour snapping puts a third value (no-data, 000) between the two ...
+    assert (snapped == 0).any()
+    # ... filling gives each blurred pixel the class of the nearer clean side.
+    assert set(np.unique(filled)) == {1, 2}
+    assert (filled[:, :10] == 1).all() and (filled[:, 10:] == 2).all()
+
+
+def test_fill_off_leaves_a_label_with_no_clean_pixel_at_its_nearest_colours():
+    blend = np.full((3, 3, 3), 128, np.uint8)
+    snapped, _ = snap_to_palette(blend, tolerance=24)
+    filled, share = snap_to_palette(blend, tolerance=24, fill_off=True)
+    assert share == 1.0 and np.array_equal(filled, snapped)

@@ -7,6 +7,7 @@ functions are the bridge in both directions.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from pipeline_lib.data.classes import MAX_VALUE, PALETTE
 from pipeline_lib.errors import DataError
@@ -48,27 +49,33 @@ def decolourise(rgb: np.ndarray) -> np.ndarray:
 
 
 def snap_to_palette(
-    rgb: np.ndarray, tolerance: int = 0, colours: np.ndarray = PALETTE
+    rgb: np.ndarray, tolerance: int = 0, colours: np.ndarray = PALETTE, fill_off: bool = False
 ) -> tuple[np.ndarray, float]:
     """Snap each pixel to the nearest of ``colours`` (Euclidean in RGB; the palette).
 
     Returns the raw mask and the share of pixels that were off-palette, that is whose
-    largest channel difference from the chosen colour exceeds ``tolerance``.
+    largest channel difference from the chosen colour exceeds ``tolerance``. With
+    ``fill_off`` an off-palette pixel takes the value of the nearest pixel that was not
+    (Euclidean in the image plane), so a blurred border is split between its two sides.
     """
     rgb = _check_rgb(rgb)
     pixels = rgb.reshape(-1, 3).astype(np.int32)
     # (N, 8) squared distances; fine for tiles up to 1024^2 in chunks of rows.
     values = np.empty(len(pixels), dtype=np.uint8)
-    off = 0
+    off = np.empty(len(pixels), dtype=bool)
     palette = colours.astype(np.int32)
     for start in range(0, len(pixels), 1 << 18):
         chunk = pixels[start : start + (1 << 18)]
         dist = ((chunk[:, None, :] - palette[None, :, :]) ** 2).sum(-1)
         nearest = dist.argmin(1)
         values[start : start + len(chunk)] = nearest
-        off += int((np.abs(chunk - palette[nearest]).max(1) > tolerance).sum())
-    share = off / len(pixels) if len(pixels) else 0.0
-    return values.reshape(rgb.shape[:2]), share
+        off[start : start + len(chunk)] = np.abs(chunk - palette[nearest]).max(1) > tolerance
+    share = float(off.mean()) if len(pixels) else 0.0
+    mask, off = values.reshape(rgb.shape[:2]), off.reshape(rgb.shape[:2])
+    if fill_off and off.any() and not off.all():
+        on = ndimage.distance_transform_edt(off, return_distances=False, return_indices=True)
+        mask = mask[tuple(on)]
+    return mask, share
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:

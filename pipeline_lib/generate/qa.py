@@ -47,7 +47,7 @@ def score_label(
 ) -> tuple[np.ndarray, LabelQA]:
     """Snap ``rgb`` (H, W, 3 uint8) to raw LoveDA values and judge it against ``qa``;
     ``colours`` are the ones the label generator was trained to draw."""
-    mask, off = snap_to_palette(rgb, qa.palette_tolerance, colours)
+    mask, off = snap_to_palette(rgb, qa.palette_tolerance, colours, qa.fill_off_code)
     small, smallest = fragment_stats(mask, qa.min_fragment_pixels)
     reason = None
     if off > qa.max_off_palette:
