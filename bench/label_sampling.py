@@ -1,6 +1,6 @@
 """Label sampler settings against label fidelity, on a config's trained label model.
 
-For each combination of label scheduler, step count and guidance scale, the factory's
+For each combination of label scheduler, step count, guidance scale and time shift, the factory's
 ``Generator`` draws the same ``--samples`` labels (the attempts of shard 0, so every setting
 sees the same seeds and prompts) and scores them as generation does: the share of pixels
 off-palette before snapping (mean and p95), the share QA would reject, the class-fraction
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=positive_int, nargs="+", help="label step counts")
     parser.add_argument("--guidance", type=float, nargs="+", help="label guidance scales")
     parser.add_argument(
+        "--time-shifts", type=int, nargs="+", help="label_time_shift values (training steps)"
+    )
+    parser.add_argument(
         "--schedulers", nargs="+", choices=list(SCHEDULER_CLASSES), help="label schedulers"
     )
     parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
@@ -77,10 +80,16 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config)
     gen = cfg.generation
     settings = [
-        {"label_scheduler": scheduler, "label_steps": steps, "label_guidance": guidance}
+        {
+            "label_scheduler": scheduler,
+            "label_steps": steps,
+            "label_guidance": guidance,
+            "label_time_shift": shift,
+        }
         for scheduler in args.schedulers or [gen.label_scheduler or gen.scheduler]
         for steps in args.steps or [gen.label_steps]
         for guidance in args.guidance or [gen.label_guidance]
+        for shift in args.time_shifts or [gen.label_time_shift]
     ]
     rows = []
     for setting in tqdm(settings, desc="label settings", unit="setting"):

@@ -9,9 +9,9 @@ from prefect import flow
 
 from flows.generate import generate_shards
 from flows.train import train_models
-from flows.validate import validate_dataset
+from flows.validate import validate_dataset, validate_original
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.quality import for_current_models, matching_quota
+from pipeline_lib.quality import filtered_by, for_current_models, matching_quota
 from pipeline_lib.report.quality import QualityReport
 from tasks.artifacts import publish_quality
 from tasks.options import configured
@@ -29,6 +29,9 @@ def quality(config: FactoryConfig) -> QualityReport:
     config = for_current_models(matching_quota(config))
 
     began = time.perf_counter()
+    # Ori. first: the agreement filter (when on) and the consistency score both use it.
+    ori = validate_original(config, quota_step=config.quota.samples)
+    config = filtered_by(config, ori.checkpoint)
     generate_shards(config, validate=False)
     validation = validate_dataset(config, quota_step=config.quota.samples)
     seconds["generate + validate (this run)"] = time.perf_counter() - began
@@ -36,7 +39,6 @@ def quality(config: FactoryConfig) -> QualityReport:
         seconds[f"validate {row.data_name} (when trained)"] = row.train_seconds
 
     began = time.perf_counter()
-    ori = next(r for r in validation.rows if r.data_name == "Ori.")
     result = configured(consistency_task, config)(config, ori.checkpoint)
     seconds["consistency (this run)"] = time.perf_counter() - began
     report = write_quality_task(config, validation, result, seconds)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from pipeline_lib.choices import DATA_LABELS
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.report.sample_grid import write_sample_grid
-from pipeline_lib.validate import ValidationReport
+from pipeline_lib.validate import ValidationReport, ValidationResult
 from pipeline_lib.validate.steps import step_dir
 from tasks.artifacts import publish_validation
 from tasks.options import configured
@@ -33,3 +34,14 @@ def validate_dataset(config: FactoryConfig, quota_step: int | None = None) -> Va
     grid = write_sample_grid(config.store.path, work_dir / "samples.png") if uses_gen else None
     publish_validation(config.name, report, quota_step, grid)
     return report
+
+
+def validate_original(config: FactoryConfig, quota_step: int | None = None) -> ValidationResult:
+    """The Ori. row of ``validate_dataset(config, quota_step)`` trained ahead of it (which
+    then finds it cached): for the steps that need it before anything is generated."""
+    work_dir = step_dir(config.validation.output, quota_step)
+    # Without the mixing rows, which need generated samples; the row's cache key omits them.
+    alone = config.validation.model_copy(update={"mix_ratios": []})
+    sources = gather_sources(config.model_copy(update={"validation": alone}), quota_step, ["ori"])
+    ori = DATA_LABELS["ori"]
+    return configured(validate_data, config)(config, ori, sources[ori], work_dir)

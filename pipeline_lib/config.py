@@ -263,6 +263,8 @@ class QAConfig(Section):
 
 
 class GenerationConfig(Section):
+    _later_fields: ClassVar[tuple[str, ...]] = ("label_time_shift",)
+
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = ""
     styles: dict[str, StyleConfig] = Field(default_factory=lambda: {"default": StyleConfig()})
@@ -275,6 +277,13 @@ class GenerationConfig(Section):
     label_steps: int = Field(20, ge=1, le=1000)
     image_steps: int = Field(20, ge=1, le=1000)
     label_guidance: float = Field(3.0, ge=0)
+    label_time_shift: int = Field(
+        0,
+        ge=0,
+        le=999,
+        description="the label model is told a timestep this many training steps later "
+        "(noisier) than the sample's: asymmetric time intervals, which sharpen drawn bits",
+    )
     image_guidance: float = Field(3.0, ge=0)
     resolution: int = Field(64, ge=8, le=2048)
     batch_size: int = Field(4, ge=1)

@@ -72,6 +72,16 @@ def for_current_models(cfg: FactoryConfig) -> FactoryConfig:
     )
 
 
+def filtered_by(cfg: FactoryConfig, ori_checkpoint: Path) -> FactoryConfig:
+    """``cfg`` whose agreement filter, when on and naming no segmenter, uses the run's own
+    Ori. model: trained on Train alone, so no Val tile reaches the generation."""
+    qa = cfg.generation.qa
+    if not qa.min_agreement or qa.agreement_model is not None:
+        return cfg
+    qa = qa.model_copy(update={"agreement_model": Path(ori_checkpoint).absolute()})
+    return cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"qa": qa})})
+
+
 def _real_crops(root: Path, size: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     tiles = [t for t in list_tiles(root, ["Train"]) if t.mask_path is not None]
@@ -113,6 +123,7 @@ def write_quality(
         train_samples=train.tiles,
         train_pixels=train.pixels,
         generated_pixels=int(fidelity.samples * gen_labels.shape[1] * gen_labels.shape[2]),
+        min_agreement=cfg.generation.qa.min_agreement,
     )
     grid = quality_grid(real_images, real_labels, gen_images, gen_labels)
     return write_quality_report(report, out_dir, grid)

@@ -21,10 +21,12 @@ from tasks.options import GPU_TAG, digest, refuse_on_oom
 
 
 @task(name="gather-sources", cache_policy=NO_CACHE)
-def gather_sources(config: FactoryConfig, samples: int | None) -> dict[str, list[Path]]:
+def gather_sources(
+    config: FactoryConfig, samples: int | None, data: list[str] | None = None
+) -> dict[str, list[Path]]:
     """Each data name's LoveDA folders (then each mixing ratio's); Gen. is the store's first
-    ``samples`` samples."""
-    return train_sources(config.validation.data, config, samples)
+    ``samples`` samples. ``data``: these choices instead of ``validation.data``."""
+    return train_sources(config.validation.data if data is None else data, config, samples)
 
 
 def _validate_key(_: TaskRunContext, params: dict) -> str:

@@ -161,6 +161,18 @@ def test_a_missing_agreement_model_is_an_error_naming_the_key(tmp_path):
         AgreementFilter.for_config(cfg)
 
 
+def test_the_quality_run_filters_with_its_own_ori_model_unless_one_is_named(tmp_path):
+    from pipeline_lib.quality import filtered_by
+
+    checkpoint = tmp_path / "step-000384" / "Ori" / "iter_1500.pth"
+    off = agreement_config(tmp_path)
+    assert filtered_by(off, checkpoint) is off
+    on = filtered_by(agreement_config(tmp_path, min_agreement=0.5), checkpoint)
+    assert on.generation.qa.agreement_model == checkpoint.absolute()
+    named = agreement_config(tmp_path, min_agreement=0.5, agreement_model=str(tmp_path / "x.pth"))
+    assert filtered_by(named, checkpoint).generation.qa.agreement_model == tmp_path / "x.pth"
+
+
 @pytest.fixture(scope="module")
 def ori_step(tmp_path_factory, one_torch_thread):
     """A finished validation step under <work>/validation/all that trained an Ori. row."""

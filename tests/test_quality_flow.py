@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from factory_configs import minimal_config
@@ -71,6 +72,15 @@ def test_a_quality_run_publishes_its_validation_once(quality_run):
     with get_client(sync_client=True) as client:
         published = client.read_artifacts(artifact_filter=key)
     assert len(published) == 1, [a.created for a in published]
+
+
+def test_a_quality_run_trains_ori_before_it_generates(quality_run):
+    config, _ = quality_run
+    rows = json.loads((config.work_dir / "quality.json").read_text())["table"]["rows"]
+    ori = Path(next(r["checkpoint"] for r in rows if r["data_name"] == "Ori."))
+    manifests = list(config.work_dir.glob("store-*.zarr/manifests/shard-*.parquet"))
+    # The agreement filter (when on) and the consistency score need it before any draw.
+    assert manifests and ori.stat().st_mtime_ns < min(m.stat().st_mtime_ns for m in manifests)
 
 
 def test_a_second_quality_run_repeats_no_stage(quality_run):

@@ -47,6 +47,7 @@ from pipeline_lib.generate.selection import (
     release,
     select,
 )
+from pipeline_lib.generate.time_shift import shifted_timesteps
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import CONTROLNET_SUBDIR, load_controlnet, load_sd_components
 from pipeline_lib.models.unet_input import is_self_conditioned
@@ -236,7 +237,9 @@ class Generator:
             "width": gen.resolution,
             "generator": [torch.Generator("cpu").manual_seed(d.seed) for d in draws],
         }
-        with self.precision():
+        last = self.label_pipe.scheduler.config.num_train_timesteps - 1
+        shift = shifted_timesteps(self.label_pipe.unet, gen.label_time_shift, last)
+        with self.precision(), shift:
             if isinstance(self.label_pipe, SelfConditionedLabelPipeline):
                 out = self.label_pipe(**call)
             else:
