@@ -145,6 +145,21 @@ def test_a_stochastic_label_sampler_is_recorded_and_regenerates_bit_identically(
     assert rebuilt.identical and rebuilt.models_match
 
 
+def test_a_label_time_shift_changes_the_drawn_labels_and_regenerates(tmp_path, models):
+    from pipeline_lib.generate import Generator, generate_and_commit_shard, regenerate
+
+    plain = make_config(tmp_path / "plain", models)
+    shifted = make_config(tmp_path / "shifted", models, label_time_shift=200)
+    draw = Generator(plain).draw(0, 0)
+    (rgb, _, _), *_ = Generator(plain).sample_labels([draw])
+    (rgb_shifted, _, _), *_ = Generator(shifted).sample_labels([draw])
+    assert not np.array_equal(rgb, rgb_shifted)
+    # The shard records the shift with its generation config, so replaying draws the same.
+    generate_and_commit_shard(shifted, Generator(shifted), 0)
+    row = read_manifests(shifted.store.path).to_pylist()[0]
+    assert regenerate(shifted.store.path, row["sample_id"]).identical
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU computes no bfloat16 natively")
 def test_bf16_sampling_on_a_cpu_autocasts_and_regenerates_bit_identically(tmp_path, models):
     from pipeline_lib.generate import Generator, generate_and_commit_shard, regenerate

@@ -169,6 +169,23 @@ def test_a_report_without_a_sweep_is_as_before(tmp_path: Path):
 
 
 def test_the_quality_report_names_the_best_ratio_and_links_the_plot(tmp_path: Path):
+    written = _quality_report(tmp_path)
+
+    assert json.loads(Path(written.files["json"]).read_text())["best_mix_ratio"] == 1
+    markdown = Path(written.files["markdown"]).read_text()
+    assert "Best ratio: **1** (mIoU 0.430)." in markdown
+    assert "](validation/step-000007/mix_miou.png)" in markdown
+    assert "not an independent figure" not in markdown
+
+
+def test_a_filtered_quality_report_says_its_consistency_is_not_independent(tmp_path: Path):
+    written = _quality_report(tmp_path, min_agreement=0.5)
+    assert json.loads(Path(written.files["json"]).read_text())["min_agreement"] == 0.5
+    markdown = Path(written.files["markdown"]).read_text()
+    assert "kept only pairs it agreed with at min_agreement 0.5" in markdown
+
+
+def _quality_report(tmp_path: Path, **fields):
     from pipeline_lib.report.fidelity import LabelFidelity
     from pipeline_lib.report.quality import QualityReport, write_quality_report
     from pipeline_lib.validate.consistency import ConsistencyResult
@@ -186,10 +203,6 @@ def test_the_quality_report_names_the_best_ratio_and_links_the_plot(tmp_path: Pa
         train_samples=2,
         train_pixels=ORI_PIXELS,
         generated_pixels=7 * GEN_SIZE**2,
+        **fields,
     )
-    written = write_quality_report(report, tmp_path, np.zeros((4, 4, 3), np.uint8))
-
-    assert json.loads(Path(written.files["json"]).read_text())["best_mix_ratio"] == 1
-    markdown = Path(written.files["markdown"]).read_text()
-    assert "Best ratio: **1** (mIoU 0.430)." in markdown
-    assert "](validation/step-000007/mix_miou.png)" in markdown
+    return write_quality_report(report, tmp_path, np.zeros((4, 4, 3), np.uint8))
