@@ -1,4 +1,4 @@
-"""``lfactory generate``, ``lfactory regenerate`` and ``lfactory store ...``."""
+"""``lfactory generate``, ``render``, ``regenerate`` and ``store ...``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,24 @@ def generate(
         f"committed {kept} samples in {run.shards_written} shard(s), rejected {run.rejected}; "
         f"store now holds {run.committed}"
     )
+
+
+def render(
+    config: Annotated[Path, typer.Argument(help="factory config YAML (its image model)")],
+    root: Annotated[Path, typer.Argument(help="LoveDA-layout folder whose masks are drawn")],
+    out: Annotated[Path, typer.Argument(help="new folder for the pairs (absent or empty)")],
+    split: Annotated[str, typer.Option("--split", help="which split of ROOT to render")] = "Train",
+) -> None:
+    """Draw an image for every label map of ROOT's SPLIT with the config's image model and
+    write the pairs (masks unchanged) as a LoveDA-layout folder OUT.
+
+    Masks must be generation.resolution px square: cut larger tiles first with
+    `lfactory data tile ROOT CROPS --size N`.
+    """
+    from pipeline_lib.generate.render import render_split
+
+    count = render_split(load_config(config), root, out, split)
+    typer.echo(f"rendered {count} label maps of {root}/{split} into {out}")
 
 
 def regenerate(
@@ -184,5 +202,6 @@ def export(
 
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
+    app.command("render")(render)
     app.command("regenerate")(regenerate)
     app.add_typer(store_app, name="store")

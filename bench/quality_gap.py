@@ -1,0 +1,134 @@
+"""Where Gen. loses against Ori.: the sample format, the image model and the label model apart.
+
+Four segmenters, trained with the config's validation settings and scored on its Val split,
+each differing from the one before by one thing:
+
+- Ori.: the Train tiles as they are;
+- Ori. crops: the same tiles cut into generation-sized crops (real labels, real images);
+- rendered: those crops' real labels with images drawn by the image model
+  (``pipeline_lib.generate.render``);
+- Gen.: the store's generated labels and images, as many samples as there are crops.
+
+Ori. - Ori. crops is what the sample format costs, Ori. crops - rendered what the images cost,
+rendered - Gen. what the labels cost. ``--seeds`` repeats every row with other segmenter
+seeds, so the steps can be set beside the seed spread. Needs the config's trained models and a
+store (``lfactory quality CONFIG`` makes both); writes under ``<work_dir>/quality-gap/``.
+
+    python -m bench.quality_gap configs/quality.yaml --seeds 0 1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.cli import command_line, positive_int
+from bench.report import format_table, write_results
+
+NAME = "quality_gap"
+ROWS = ("Ori.", "Ori. crops", "rendered", "Gen.")
+
+
+def image_settings_digest(cfg: Any) -> str:
+    """Names a rendered folder after the image model and the settings it is drawn with."""
+    from pipeline_lib.generate.sampler import controlnet_dir
+    from pipeline_lib.hashing import json_digest
+    from pipeline_lib.models.model_hash import model_hash
+
+    gen = cfg.generation
+    fields = ("scheduler", "image_steps", "image_guidance", "resolution", "seed", "dtype")
+    return json_digest(
+        model_hash(controlnet_dir(cfg)), {f: getattr(gen, f) for f in fields}, length=10
+    )
+
+
+def gap_sources(cfg: Any, work: Path, store: Path, progress: bool) -> dict[str, Path]:
+    """Each row's Train folder; crops and renders are made once and then reused."""
+    from pipeline_lib.data.loveda import list_tiles
+    from pipeline_lib.data.tiling import tile_dataset
+    from pipeline_lib.generate.render import render_split
+    from pipeline_lib.validate.sources import export_generated
+
+    root = Path(cfg.data.root)
+    res = cfg.generation.resolution
+    crops = work / f"crops-{res}"
+    if not crops.is_dir():
+        # Val tiles go to the crops' Val side, which nothing trains on: no Val pixel leaks.
+        val = [f"Val/{t.scene}/{t.tile_id}" for t in list_tiles(root, ["Val"])]
+        tile_dataset(root, crops, size=res, val_ids=val, max_no_data=1.0, progress=progress)
+    rendered = work / f"rendered-{image_settings_digest(cfg)}"
+    if not rendered.is_dir():
+        render_split(cfg, crops, rendered, "Train", progress)
+    count = sum(1 for t in list_tiles(crops, ["Train"]) if t.mask_path is not None)
+    gen_cfg = cfg.model_copy(
+        update={
+            "store": cfg.store.model_copy(update={"path": store}),
+            "validation": cfg.validation.model_copy(update={"output": work}),
+        }
+    )
+    generated = export_generated(gen_cfg, count)
+    return dict(zip(ROWS, (root, crops, rendered, generated), strict=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = command_line(NAME, __doc__)
+    parser.add_argument("config", type=Path, help="a factory config whose models are trained")
+    parser.add_argument(
+        "--store", type=Path, help="the Gen. store (default: the one `lfactory quality` fills)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="segmenter seeds")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
+    parser.add_argument("--out", type=Path, help="JSON path (default bench/results/)")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from pipeline_lib.config import load_config
+    from pipeline_lib.quality import for_current_models, matching_quota
+    from pipeline_lib.validate.experiment import run_data_name
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    store = args.store or for_current_models(matching_quota(cfg)).store.path
+    work = Path(cfg.work_dir) / "quality-gap"
+    sources = gap_sources(cfg, work, Path(store), progress=True)
+    miou: dict[str, list[float]] = {row: [] for row in ROWS}
+    samples: dict[str, int] = {}
+    for seed in args.seeds:
+        validation = cfg.validation.model_copy(update={"seed": seed})
+        for row in ROWS:
+            result = run_data_name(row, [sources[row]], Path(cfg.data.eval_root), validation, work)
+            miou[row].append(result.miou)
+            samples[row] = result.train_samples
+    means = {row: float(np.mean(v)) for row, v in miou.items()}
+    steps = [
+        ("sample format", means["Ori."] - means["Ori. crops"]),
+        ("image model", means["Ori. crops"] - means["rendered"]),
+        ("label model", means["rendered"] - means["Gen."]),
+    ]
+    print(
+        format_table(
+            ["row", "train samples", *(f"mIoU seed {s}" for s in args.seeds), "mean"],
+            [[row, samples[row], *miou[row], means[row]] for row in ROWS],
+        )
+    )
+    print(format_table(["what it costs", "mIoU lost"], steps))
+    parameters = {
+        "config": str(args.config),
+        "store": str(store),
+        "seeds": args.seeds,
+        "threads": args.threads,
+        "sources": {row: str(path) for row, path in sources.items()},
+    }
+    results = {
+        "miou": miou,
+        "mean": means,
+        "train_samples": samples,
+        "costs": dict(steps),
+    }
+    write_results(NAME, parameters, results, args.out)
+
+
+if __name__ == "__main__":
+    main()
