@@ -27,6 +27,12 @@ from bench.report import format_table, write_results
 
 NAME = "quality_gap"
 ROWS = ("Ori.", "Ori. crops", "rendered", "Gen.")
+# What each step between two rows costs.
+COSTS = (
+    ("sample format", "Ori.", "Ori. crops"),
+    ("image model", "Ori. crops", "rendered"),
+    ("label model", "rendered", "Gen."),
+)
 
 
 def image_settings_digest(cfg: Any) -> str:
@@ -42,12 +48,13 @@ def image_settings_digest(cfg: Any) -> str:
     )
 
 
-def gap_sources(cfg: Any, work: Path, store: Path, progress: bool) -> dict[str, Path]:
-    """Each row's Train folder; crops and renders are made once and then reused."""
+def gap_sources(
+    cfg: Any, work: Path, store: Path | None, progress: bool, rows: tuple[str, ...] = ROWS
+) -> dict[str, Path]:
+    """The Train folder of each of ``rows``; crops and renders are made once and reused."""
     from pipeline_lib.data.loveda import list_tiles
     from pipeline_lib.data.tiling import tile_dataset
     from pipeline_lib.generate.render import render_split
-    from pipeline_lib.validate.sources import export_generated
 
     root = Path(cfg.data.root)
     res = cfg.generation.resolution
@@ -56,18 +63,30 @@ def gap_sources(cfg: Any, work: Path, store: Path, progress: bool) -> dict[str, 
         # Val tiles go to the crops' Val side, which nothing trains on: no Val pixel leaks.
         val = [f"Val/{t.scene}/{t.tile_id}" for t in list_tiles(root, ["Val"])]
         tile_dataset(root, crops, size=res, val_ids=val, max_no_data=1.0, progress=progress)
-    rendered = work / f"rendered-{image_settings_digest(cfg)}"
-    if not rendered.is_dir():
-        render_split(cfg, crops, rendered, "Train", progress)
-    count = sum(1 for t in list_tiles(crops, ["Train"]) if t.mask_path is not None)
+    sources = {"Ori.": root, "Ori. crops": crops}
+    if "rendered" in rows:
+        sources["rendered"] = work / f"rendered-{image_settings_digest(cfg)}"
+        if not sources["rendered"].is_dir():
+            render_split(cfg, crops, sources["rendered"], "Train", progress)
+    if "Gen." in rows:
+        count = sum(1 for t in list_tiles(crops, ["Train"]) if t.mask_path is not None)
+        sources["Gen."] = _export_gen(cfg, work, store, count)
+    return {row: sources[row] for row in rows}
+
+
+def _export_gen(cfg: Any, work: Path, store: Path | None, count: int) -> Path:
+    """As many of the store's samples as there are crops, as a LoveDA-layout folder."""
+    from pipeline_lib.quality import for_current_models, matching_quota
+    from pipeline_lib.validate.sources import export_generated
+
+    store = store or for_current_models(matching_quota(cfg)).store.path
     gen_cfg = cfg.model_copy(
         update={
             "store": cfg.store.model_copy(update={"path": store}),
             "validation": cfg.validation.model_copy(update={"output": work}),
         }
     )
-    generated = export_generated(gen_cfg, count)
-    return dict(zip(ROWS, (root, crops, rendered, generated), strict=True))
+    return export_generated(gen_cfg, count)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,6 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", type=Path, help="a factory config whose models are trained")
     parser.add_argument(
         "--store", type=Path, help="the Gen. store (default: the one `lfactory quality` fills)"
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ROWS,
+        default=list(ROWS),
+        help="rows to train (Gen. needs the trained label model's store; leave it out without)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="segmenter seeds")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
@@ -85,38 +111,38 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from pipeline_lib.config import load_config
-    from pipeline_lib.quality import for_current_models, matching_quota
     from pipeline_lib.validate.experiment import run_data_name
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
-    store = args.store or for_current_models(matching_quota(cfg)).store.path
+    rows = tuple(row for row in ROWS if row in args.rows)
     work = Path(cfg.work_dir) / "quality-gap"
-    sources = gap_sources(cfg, work, Path(store), progress=True)
-    miou: dict[str, list[float]] = {row: [] for row in ROWS}
+    sources = gap_sources(cfg, work, args.store, progress=True, rows=rows)
+    miou: dict[str, list[float]] = {row: [] for row in rows}
     samples: dict[str, int] = {}
     for seed in args.seeds:
         validation = cfg.validation.model_copy(update={"seed": seed})
-        for row in ROWS:
+        for row in rows:
             result = run_data_name(row, [sources[row]], Path(cfg.data.eval_root), validation, work)
             miou[row].append(result.miou)
             samples[row] = result.train_samples
     means = {row: float(np.mean(v)) for row, v in miou.items()}
     steps = [
-        ("sample format", means["Ori."] - means["Ori. crops"]),
-        ("image model", means["Ori. crops"] - means["rendered"]),
-        ("label model", means["rendered"] - means["Gen."]),
+        (what, means[before] - means[after])
+        for what, before, after in COSTS
+        if before in means and after in means
     ]
     print(
         format_table(
             ["row", "train samples", *(f"mIoU seed {s}" for s in args.seeds), "mean"],
-            [[row, samples[row], *miou[row], means[row]] for row in ROWS],
+            [[row, samples[row], *miou[row], means[row]] for row in rows],
         )
     )
     print(format_table(["what it costs", "mIoU lost"], steps))
     parameters = {
         "config": str(args.config),
-        "store": str(store),
+        "store": str(args.store) if args.store else None,
+        "rows": list(rows),
         "seeds": args.seeds,
         "threads": args.threads,
         "sources": {row: str(path) for row, path in sources.items()},

@@ -120,6 +120,12 @@ class TrainConfig(Section):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an exponential moving average of the weights"
     )
+    noise_offset: float = Field(
+        0.0,
+        ge=0,
+        description="add this much of one normal draw per colour to each sample's noise, so "
+        "the model learns to move a sample's mean colour (0: off)",
+    )
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

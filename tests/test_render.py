@@ -112,3 +112,12 @@ def test_quality_gap_rows_train_on_train_tiles_only(tmp_path, models, one_torch_
     stamp = sources["rendered"].stat().st_mtime_ns
     assert quality_gap.gap_sources(cfg, work, cfg.store.path, progress=False) == sources
     assert sources["rendered"].stat().st_mtime_ns == stamp
+
+
+def test_quality_gap_without_gen_needs_no_store_and_draws_nothing(tmp_path, models):
+    root = write_fake_loveda(tmp_path / "real", tiles_per_scene=1, size=RES * 2)
+    cfg = make_config(tmp_path, models, root)
+    work = tmp_path / "gap"
+    sources = quality_gap.gap_sources(cfg, work, None, progress=False, rows=("Ori.", "Ori. crops"))
+    assert list(sources) == ["Ori.", "Ori. crops"]
+    assert [p.name for p in work.iterdir()] == [f"crops-{RES}"]

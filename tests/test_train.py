@@ -329,3 +329,28 @@ def test_self_conditioning_off_keeps_the_checkpoint_hash_it_had_before_the_field
     assert train_section_hash(full, "a prompt") == "0bb30fda36a9cdc8"
     widened = full.model_copy(update={"self_condition": True})
     assert train_section_hash(widened, "a prompt") != train_section_hash(full, "a prompt")
+
+
+def test_noise_offset_shifts_each_colour_of_a_sample_by_one_seeded_draw():
+    from pipeline_lib.config import ControlNetConfig
+    from pipeline_lib.train.objective import DiffusionLoss
+    from pipeline_lib.train.resumable import train_section_hash
+
+    loss = DiffusionLoss.__new__(DiffusionLoss)
+    loss.channels_per_offset = 4  # the pixel codec: 3 colours x a 2x2 fold = 12 channels
+    offsets = loss._offsets([7, 8], torch.Size((12, 5, 5)))
+    assert offsets.shape == (2, 12, 5, 5)
+    # One value per colour, the same over its four folded channels and every pixel...
+    per_colour = offsets.reshape(2, 3, -1)
+    assert torch.equal(per_colour, per_colour[..., :1].expand_as(per_colour))
+    # ...drawn apart for each colour and sample, and the same draw for the same seed.
+    assert len(set(per_colour[..., 0].flatten().tolist())) == 6
+    assert torch.equal(loss._offsets([8], torch.Size((12, 5, 5)))[0], offsets[1])
+    # Off, the section hashes as before the field existed; on, it is another run.
+    plain = ControlNetConfig(steps=10)
+    assert train_section_hash(plain, "p") == train_section_hash(
+        plain.model_copy(update={"noise_offset": 0.0}), "p"
+    )
+    assert train_section_hash(plain.model_copy(update={"noise_offset": 0.1}), "p") != (
+        train_section_hash(plain, "p")
+    )

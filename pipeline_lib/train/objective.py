@@ -19,6 +19,7 @@ from pipeline_lib.train.pair_sampler import Batch, PairSampler
 
 # XORed into a sample's seed for its self-conditioning coin.
 _COIN_SALT = 0x5E1FC0
+_OFFSET_SALT = 0x0FF5E7
 
 
 def training_prompt(cfg: FactoryConfig) -> str:
@@ -65,6 +66,11 @@ class DiffusionLoss:
         self.noise_scheduler = DDPMScheduler.from_config(sd.scheduler.config)
         embeddings = encode_prompts(sd, [training_prompt(cfg), ""], device, dtype)
         self.prompt, self.empty = embeddings[:1], embeddings[1:]
+        self.noise_offset = 0.0
+        # Latent channels per colour: the pixel codec folds each colour's 2x2 block into
+        # adjacent channels, so an offset shared by them shifts the colour, not a phase.
+        patch = getattr(sd.vae.config, "patch_size", None)
+        self.channels_per_offset = patch**2 if patch else 1
 
     @classmethod
     def for_training(
@@ -88,7 +94,9 @@ class DiffusionLoss:
             # The label generator draws its labels in the colours it will be read back with.
             colours=LABEL_COLOURS[cfg.label_lora.colours] if use_label else PALETTE,
         )
-        return cls(cfg, sd, sampler, train.seed, train.batch_size, device, dtype, use_label)
+        loss = cls(cfg, sd, sampler, train.seed, train.batch_size, device, dtype, use_label)
+        loss.noise_offset = train.noise_offset
+        return loss
 
     def batch(self, step: int, micro: int) -> Batch:
         """The data of one micro-batch (run in DataLoader workers)."""
@@ -103,6 +111,8 @@ class DiffusionLoss:
         steps = self.noise_scheduler.config.num_train_timesteps
         draws = [self._draw(int(seed), shape, steps) for seed in batch.seeds]
         sample, noise, t = (torch.stack(d).to(self.device) for d in zip(*draws, strict=True))
+        if self.noise_offset:
+            noise = noise + self.noise_offset * self._offsets(batch.seeds, shape).to(self.device)
         latents = (dist.mean + dist.std * sample.to(self.dtype)).float()
         latents = latents * self.sd.vae.config.scaling_factor
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
@@ -149,6 +159,16 @@ class DiffusionLoss:
             torch.randn(shape, generator=gen),
             torch.randint(0, steps, (), generator=gen),
         )
+
+    def _offsets(self, seeds, shape: torch.Size) -> torch.Tensor:
+        """One normal draw per colour and sample, spread over the image (noise offset)."""
+        colours = shape[0] // self.channels_per_offset
+        draws = [
+            torch.randn(colours, generator=torch.Generator().manual_seed(int(s) ^ _OFFSET_SALT))
+            for s in seeds
+        ]
+        per_channel = torch.stack(draws).repeat_interleave(self.channels_per_offset, 1)
+        return per_channel[:, :, None, None].expand(-1, *shape)
 
     @staticmethod
     def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

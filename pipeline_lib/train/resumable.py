@@ -148,9 +148,11 @@ def train_section_hash(train: TrainConfig, *extra: Any) -> str:
     # rate a longer run continues a shorter one (and hashes as before lr_schedule existed);
     # a decaying rate depends on where it ends.
     unused = {"steps", "lr_schedule"} if train.lr_schedule == "constant" else set()
-    # Off, self-conditioning hashes as before the field existed.
+    # Off, self-conditioning and the noise offset hash as before the fields existed.
     if not getattr(train, "self_condition", False):
         unused.add("self_condition")
+    if not train.noise_offset:
+        unused.add("noise_offset")
     unused |= {
         "checkpoint_every",
         "divergence_factor",
