@@ -10,9 +10,13 @@ each differing from the one before by one thing:
 - Gen.: the store's generated labels and images, as many samples as there are crops.
 
 Ori. - Ori. crops is what the sample format costs, Ori. crops - rendered what the images cost,
-rendered - Gen. what the labels cost. ``--seeds`` repeats every row with other segmenter
-seeds, so the steps can be set beside the seed spread. Needs the config's trained models and a
-store (``lfactory quality CONFIG`` makes both); writes under ``<work_dir>/quality-gap/``.
+rendered - Gen. what the labels cost. A last table sets each class's colour spread in the
+rendered images beside the real crops': between samples (how far the class's mean colour
+moves from one sample to the next) and within one (its texture).
+
+``--seeds`` repeats every row with other segmenter seeds, so the steps can be set beside the
+seed spread. Needs the config's trained image model, and for Gen. a store (``lfactory quality
+CONFIG`` makes both; ``--rows`` leaves Gen. out); writes under ``<work_dir>/quality-gap/``.
 
     python -m bench.quality_gap configs/quality.yaml --seeds 0 1
 """
@@ -89,6 +93,33 @@ def _export_gen(cfg: Any, work: Path, store: Path | None, count: int) -> Path:
     return export_generated(gen_cfg, count)
 
 
+def colour_spread(root: Path, min_pixels: int = 64) -> dict[str, tuple[float, float]]:
+    """Per class: how far its mean colour varies between Train samples, and how much
+    texture it has within one (std over samples of the mean RGB; mean std within a sample,
+    both averaged over R, G, B) over samples holding at least ``min_pixels`` of it."""
+    import numpy as np
+
+    from pipeline_lib.data.classes import VALUE_BY_NAME
+    from pipeline_lib.data.loveda import list_tiles, read_image, read_mask
+
+    means: dict[str, list] = {name: [] for name in VALUE_BY_NAME}
+    texture: dict[str, list] = {name: [] for name in VALUE_BY_NAME}
+    for tile in list_tiles(root, ["Train"]):
+        if tile.mask_path is None:
+            continue
+        mask, image = read_mask(tile.mask_path), read_image(tile.image_path).astype(np.float32)
+        for name, value in VALUE_BY_NAME.items():
+            pixels = image[mask == value]
+            if len(pixels) >= min_pixels:
+                means[name].append(pixels.mean(0))
+                texture[name].append(pixels.std(0).mean())
+    return {
+        name: (float(np.std(means[name], 0).mean()), float(np.mean(texture[name])))
+        for name in VALUE_BY_NAME
+        if means[name]
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = command_line(NAME, __doc__)
     parser.add_argument("config", type=Path, help="a factory config whose models are trained")
@@ -139,6 +170,18 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     print(format_table(["what it costs", "mIoU lost"], steps))
+    spread = {row: colour_spread(sources[row]) for row in ("Ori. crops", "rendered") if row in rows}
+    if spread:
+        classes = list(next(iter(spread.values())))
+        print(
+            format_table(
+                ["class", *(f"{row} between / within" for row in spread)],
+                [
+                    [name, *(f"{s[name][0]:.1f} / {s[name][1]:.1f}" for s in spread.values())]
+                    for name in classes
+                ],
+            )
+        )
     parameters = {
         "config": str(args.config),
         "store": str(args.store) if args.store else None,
@@ -152,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         "mean": means,
         "train_samples": samples,
         "costs": dict(steps),
+        "colour_spread": spread,
     }
     write_results(NAME, parameters, results, args.out)
 

@@ -121,3 +121,19 @@ def test_quality_gap_without_gen_needs_no_store_and_draws_nothing(tmp_path, mode
     sources = quality_gap.gap_sources(cfg, work, None, progress=False, rows=("Ori.", "Ori. crops"))
     assert list(sources) == ["Ori.", "Ori. crops"]
     assert [p.name for p in work.iterdir()] == [f"crops-{RES}"]
+
+
+def test_colour_spread_tells_a_class_that_changes_colour_from_one_that_does_not(tmp_path):
+    from pipeline_lib.data.loveda import write_tile
+
+    mask = np.ones((8, 8), np.uint8)  # background on the left, building on the right
+    mask[:, 4:] = 2
+    for i, grey in enumerate((40, 120, 200)):
+        image = np.zeros((8, 8, 3), np.uint8)
+        image[:, :4] = grey  # background changes colour from tile to tile
+        image[:, 4:] = (90 + np.arange(4) * 10)[:, None]  # building: same texture, same mean
+        write_tile(tmp_path, "Train", "Urban", str(i), image, mask)
+    spread = quality_gap.colour_spread(tmp_path, min_pixels=8)
+    assert spread["background"][0] > 60 and spread["background"][1] == 0
+    assert spread["building"][0] == 0 and spread["building"][1] > 10
+    assert set(spread) == {"background", "building"}
