@@ -56,7 +56,7 @@ def gap_sources(
     cfg: Any, work: Path, store: Path | None, progress: bool, rows: tuple[str, ...] = ROWS
 ) -> dict[str, Path]:
     """The Train folder of each of ``rows``; crops and renders are made once and reused."""
-    from pipeline_lib.data.loveda import list_tiles
+    from pipeline_lib.data.loveda import labelled_tiles, list_tiles
     from pipeline_lib.data.tiling import tile_dataset
     from pipeline_lib.generate.render import render_split
 
@@ -73,7 +73,7 @@ def gap_sources(
         if not sources["rendered"].is_dir():
             render_split(cfg, crops, sources["rendered"], "Train", progress)
     if "Gen." in rows:
-        count = sum(1 for t in list_tiles(crops, ["Train"]) if t.mask_path is not None)
+        count = len(labelled_tiles(crops, ["Train"]))
         sources["Gen."] = _export_gen(cfg, work, store, count)
     return {row: sources[row] for row in rows}
 
@@ -100,13 +100,11 @@ def colour_spread(root: Path, min_pixels: int = 64) -> dict[str, tuple[float, fl
     import numpy as np
 
     from pipeline_lib.data.classes import VALUE_BY_NAME
-    from pipeline_lib.data.loveda import list_tiles, read_image, read_mask
+    from pipeline_lib.data.loveda import labelled_tiles, read_image, read_mask
 
     means: dict[str, list] = {name: [] for name in VALUE_BY_NAME}
     texture: dict[str, list] = {name: [] for name in VALUE_BY_NAME}
-    for tile in list_tiles(root, ["Train"]):
-        if tile.mask_path is None:
-            continue
+    for tile in labelled_tiles(root, ["Train"]):
         mask, image = read_mask(tile.mask_path), read_image(tile.image_path).astype(np.float32)
         for name, value in VALUE_BY_NAME.items():
             pixels = image[mask == value]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.data.loveda import list_tiles, read_image, read_mask, split_stats
+from pipeline_lib.data.loveda import labelled_tiles, read_image, read_mask, split_stats
 from pipeline_lib.errors import DataError
 from pipeline_lib.generate.sampler import controlnet_dir
 from pipeline_lib.hashing import json_digest
@@ -84,7 +84,7 @@ def filtered_by(cfg: FactoryConfig, ori_checkpoint: Path) -> FactoryConfig:
 
 def _real_crops(root: Path, size: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    tiles = [t for t in list_tiles(root, ["Train"]) if t.mask_path is not None]
+    tiles = labelled_tiles(root, ["Train"])
     images, labels = [], []
     for index in rng.permutation(len(tiles))[:count]:
         image, mask = read_image(tiles[index].image_path), read_mask(tiles[index].mask_path)

@@ -1,4 +1,4 @@
-"""The smallest factory config, shared by the Prefect tests."""
+"""The smallest factory configs, shared by the tests."""
 
 from __future__ import annotations
 
@@ -39,3 +39,32 @@ def minimal_config(work_dir: Path, name: str = "flowtest", **sections) -> dict:
     }
     config.update(sections)
     return config
+
+
+def generator_config(
+    work_dir: Path,
+    models: Path,
+    *,
+    name: str = "t",
+    resolution: int = 32,
+    batch_size: int = 2,
+    shard_size: int = 3,
+    **generation,
+) -> dict:
+    """A factory that only generates, from the models at ``models``, two steps a pass, with
+    QA that keeps every label; ``generation`` overrides generation fields."""
+    return {
+        "name": name,
+        "work_dir": str(work_dir),
+        "device": "cpu",
+        "models": {"base": str(models)},
+        "generation": {
+            "label_steps": 2,
+            "image_steps": 2,
+            "resolution": resolution,
+            "batch_size": batch_size,
+            "qa": {"max_off_palette": 1.0, "max_small_fragment_share": 1.0},
+            **generation,
+        },
+        "store": {"shard_size": shard_size},
+    }

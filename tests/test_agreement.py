@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factory_configs import generator_config
 from label_stubs import SIZE, StubGenerator
 
 from pipeline_lib.config import config_from_dict
@@ -225,18 +226,8 @@ def test_the_ori_model_rejects_every_pair_of_an_untrained_generator(ori_step):
 
     base, _, report = ori_step
     models = init_models(base / "sd", "tiny")
-    generation = {"label_steps": 2, "image_steps": 2, "resolution": 32, "batch_size": 2}
     qa = {"max_off_palette": 1.0, "max_small_fragment_share": 1.0, "min_agreement": 0.2}
-    cfg = config_from_dict(
-        {
-            "name": "agree",
-            "work_dir": str(base / "work"),
-            "device": "cpu",
-            "models": {"base": str(models)},
-            "generation": {**generation, "qa": qa},
-            "store": {"shard_size": 3},
-        }
-    )
+    cfg = config_from_dict(generator_config(base / "work", models, name="agree", qa=qa))
     # Its labels are nearly all barren and its images noise, in which the Ori. model sees
     # forest: every pair contradicts its label.
     result = generate_and_commit_shard(cfg, Generator(cfg), 0)

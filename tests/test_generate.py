@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import yaml
 from child_processes import kill_when
+from factory_configs import generator_config
 from typer.testing import CliRunner
 
 from pipeline_lib.config import QAConfig, config_from_dict
@@ -80,24 +81,7 @@ def models(tmp_path_factory):
 
 
 def make_config(tmp_path, models, **generation):
-    settings = {
-        "label_steps": 2,
-        "image_steps": 2,
-        "resolution": RES,
-        "batch_size": 2,
-        "qa": {"max_off_palette": 1.0, "max_small_fragment_share": 1.0},
-    }
-    settings.update(generation)
-    return config_from_dict(
-        {
-            "name": "t",
-            "work_dir": str(tmp_path),
-            "device": "cpu",
-            "models": {"base": str(models)},
-            "generation": settings,
-            "store": {"shard_size": 3},
-        }
-    )
+    return config_from_dict(generator_config(tmp_path, models, resolution=RES, **generation))
 
 
 def test_generated_shard_commits_and_regenerates_bit_identically(tmp_path, models):
@@ -225,22 +209,7 @@ def test_cli_generates_resumes_verifies_regenerates_and_exports(tmp_path, models
 
     config = tmp_path / "factory.yaml"
     config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "cli",
-                "work_dir": str(tmp_path),
-                "device": "cpu",
-                "models": {"base": str(models)},
-                "generation": {
-                    "label_steps": 2,
-                    "image_steps": 2,
-                    "resolution": RES,
-                    "batch_size": 3,
-                    "qa": {"max_off_palette": 1.0, "max_small_fragment_share": 1.0},
-                },
-                "store": {"shard_size": 3},
-            }
-        )
+        yaml.safe_dump(generator_config(tmp_path, models, name="cli", resolution=RES, batch_size=3))
     )
     store = tmp_path / "cli.zarr"
     runner = CliRunner()
@@ -331,20 +300,7 @@ def test_generation_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path, 
     config = tmp_path / "factory.yaml"
     config.write_text(
         yaml.safe_dump(
-            {
-                "name": "kill",
-                "work_dir": str(tmp_path),
-                "device": "cpu",
-                "models": {"base": str(models)},
-                "generation": {
-                    "label_steps": 2,
-                    "image_steps": 2,
-                    "resolution": RES,
-                    "batch_size": 3,
-                    "qa": {"max_off_palette": 1.0, "max_small_fragment_share": 1.0},
-                },
-                "store": {"shard_size": 3},
-            }
+            generator_config(tmp_path, models, name="kill", resolution=RES, batch_size=3)
         )
     )
     store = tmp_path / "kill.zarr"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from cli_calls import call_main
+from factory_configs import generator_config
 from fake_loveda import write_fake_loveda
 
 from pipeline_lib.config import config_from_dict
@@ -31,23 +32,8 @@ def models(tmp_path_factory):
 
 
 def make_config(tmp_path: Path, models: Path, root: Path):
-    return config_from_dict(
-        {
-            "name": "t",
-            "work_dir": str(tmp_path / "work"),
-            "device": "cpu",
-            "data": {"root": str(root)},
-            "models": {"base": str(models)},
-            "generation": {
-                "label_steps": 2,
-                "image_steps": 2,
-                "resolution": RES,
-                "batch_size": 3,
-                "qa": {"max_off_palette": 1.0, "max_small_fragment_share": 1.0},
-            },
-            "store": {"shard_size": 4},
-        }
-    )
+    settings = generator_config(tmp_path / "work", models, resolution=RES, batch_size=3)
+    return config_from_dict({**settings, "data": {"root": str(root)}, "store": {"shard_size": 4}})
 
 
 def test_rendered_tiles_keep_their_masks_and_names_and_get_drawn_images(

@@ -158,6 +158,11 @@ def list_tiles(root: str | Path, splits: Iterable[str] = SPLITS) -> list[Tile]:
     return tiles
 
 
+def labelled_tiles(root: str | Path, splits: Iterable[str] = SPLITS) -> list[Tile]:
+    """The tiles of :func:`list_tiles` that have a mask."""
+    return [t for t in list_tiles(root, splits) if t.mask_path is not None]
+
+
 @dataclass
 class CheckReport:
     root: Path
@@ -303,7 +308,7 @@ def export_mmseg(
     Urban and Rural are merged; file names become ``<scene>_<id>.png`` so ids stay unique.
     """
     counts: dict[str, int] = defaultdict(int)
-    tiles = [t for t in list_tiles(root, splits) if t.mask_path is not None]
+    tiles = labelled_tiles(root, splits)
     if not tiles:
         raise DataError(f"{root}: no labelled tiles in {', '.join(splits)}")
     with staged_dir(out) as tmp:
@@ -338,7 +343,7 @@ class SplitStats:
 
 def split_stats(root: Path, split: str) -> SplitStats:
     counts = np.zeros(MAX_VALUE + 1, np.int64)
-    tiles = [t for t in list_tiles(root, [split]) if t.mask_path is not None]
+    tiles = labelled_tiles(root, [split])
     for tile in tiles:
         counts += np.bincount(read_mask(tile.mask_path).ravel(), minlength=MAX_VALUE + 1)
     return SplitStats(len(tiles), int(counts[1:].sum()), fractions_from_counts(counts))

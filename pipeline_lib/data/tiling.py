@@ -26,7 +26,7 @@ from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE, NO_DATA
 from pipeline_lib.data.loveda import (
     Tile,
     check_layout,
-    list_tiles,
+    labelled_tiles,
     read_image,
     read_mask,
     staged_dir,
@@ -257,7 +257,7 @@ def tile_dataset(
     if out.exists() and any(out.iterdir()):  # staged_dir checks too, but after the reading
         raise DataError(f"{out}: already exists and is not empty; choose a new folder")
     check_layout(root)
-    tiles = [t for t in list_tiles(root) if t.mask_path is not None]
+    tiles = labelled_tiles(root)
     if not tiles:
         raise DataError(
             f"{root}: no labelled tiles; expected <split>/<scene>/{{images_png,masks_png}}/<id>.png"

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline_lib.config import FactoryConfig
-from pipeline_lib.data.loveda import list_tiles, read_mask, staged_dir, write_tile
+from pipeline_lib.data.loveda import labelled_tiles, read_mask, staged_dir, write_tile
 from pipeline_lib.errors import DataError
 
 # Render draws take shard ids from here on: their seeds never meet a store's draws.
@@ -30,7 +30,7 @@ def render_split(
     from pipeline_lib.generate.sampler import Generator
 
     root, out = Path(root), Path(out)
-    tiles = [t for t in list_tiles(root, [split]) if t.mask_path is not None]
+    tiles = labelled_tiles(root, [split])
     if not tiles:
         raise DataError(f"{root}: no labelled tile in {split}")
     res = cfg.generation.resolution

@@ -60,13 +60,14 @@ class DiffusionLoss:
         device: torch.device,
         dtype: torch.dtype,
         use_label: bool,
+        noise_offset: float = 0.0,
     ):
         self.sd, self.sampler, self.seed, self.batch_size = sd, sampler, seed, batch_size
         self.device, self.dtype, self.use_label = device, dtype, use_label
+        self.noise_offset = noise_offset
         self.noise_scheduler = DDPMScheduler.from_config(sd.scheduler.config)
         embeddings = encode_prompts(sd, [training_prompt(cfg), ""], device, dtype)
         self.prompt, self.empty = embeddings[:1], embeddings[1:]
-        self.noise_offset = 0.0
         # Latent channels per colour: the pixel codec folds each colour's 2x2 block into
         # adjacent channels, so an offset shared by them shifts the colour, not a phase.
         patch = getattr(sd.vae.config, "patch_size", None)
@@ -94,9 +95,17 @@ class DiffusionLoss:
             # The label generator draws its labels in the colours it will be read back with.
             colours=LABEL_COLOURS[cfg.label_lora.colours] if use_label else PALETTE,
         )
-        loss = cls(cfg, sd, sampler, train.seed, train.batch_size, device, dtype, use_label)
-        loss.noise_offset = train.noise_offset
-        return loss
+        return cls(
+            cfg,
+            sd,
+            sampler,
+            train.seed,
+            train.batch_size,
+            device,
+            dtype,
+            use_label,
+            noise_offset=train.noise_offset,
+        )
 
     def batch(self, step: int, micro: int) -> Batch:
         """The data of one micro-batch (run in DataLoader workers)."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline_lib.data.classes import PALETTE
-from pipeline_lib.data.loveda import Tile, list_tiles, read_image, read_mask
+from pipeline_lib.data.loveda import Tile, labelled_tiles, read_image, read_mask
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import DataError
 
@@ -41,7 +41,7 @@ class Batch:
 
 def train_tiles(root: str | Path) -> list[Tile]:
     """Train tiles that have a mask; a DataError when there are none."""
-    tiles = [t for t in list_tiles(root, [TRAIN_SPLIT]) if t.mask_path is not None]
+    tiles = labelled_tiles(root, [TRAIN_SPLIT])
     if not tiles:
         raise DataError(f"{root}: no Train tiles with masks (expected Train/*/masks_png/*.png)")
     return tiles

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline_lib.choices import MIX_BY
-from pipeline_lib.data.loveda import export_mmseg, list_tiles
+from pipeline_lib.data.loveda import export_mmseg, labelled_tiles, list_tiles
 from pipeline_lib.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def split_fingerprint(root: Path, split: str) -> str:
 
 
 def labelled_count(root: Path, split: str) -> int:
-    return sum(t.mask_path is not None for t in list_tiles(root, [split]))
+    return len(labelled_tiles(root, [split]))
 
 
 def prepare_split(root: Path, split: str, cache_dir: Path) -> Path:
