@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from factory_configs import generator_config
+from factory_configs import KEEP_EVERY_LABEL, generator_config
 from label_stubs import SIZE, StubGenerator
 
 from pipeline_lib.config import config_from_dict
@@ -226,7 +226,7 @@ def test_the_ori_model_rejects_every_pair_of_an_untrained_generator(ori_step):
 
     base, _, report = ori_step
     models = init_models(base / "sd", "tiny")
-    qa = {"max_off_palette": 1.0, "max_small_fragment_share": 1.0, "min_agreement": 0.2}
+    qa = {**KEEP_EVERY_LABEL, "min_agreement": 0.2}
     cfg = config_from_dict(generator_config(base / "work", models, name="agree", qa=qa))
     # Its labels are nearly all barren and its images noise, in which the Ori. model sees
     # forest: every pair contradicts its label.

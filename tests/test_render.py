@@ -32,8 +32,10 @@ def models(tmp_path_factory):
 
 
 def make_config(tmp_path: Path, models: Path, root: Path):
-    settings = generator_config(tmp_path / "work", models, resolution=RES, batch_size=3)
-    return config_from_dict({**settings, "data": {"root": str(root)}, "store": {"shard_size": 4}})
+    settings = generator_config(
+        tmp_path / "work", models, resolution=RES, batch_size=3, shard_size=4
+    )
+    return config_from_dict({**settings, "data": {"root": str(root)}})
 
 
 def test_rendered_tiles_keep_their_masks_and_names_and_get_drawn_images(
