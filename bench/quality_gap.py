@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     miou: dict[str, list[float]] = {row: [] for row in rows}
     samples: dict[str, int] = {}
     for seed in args.seeds:
-        validation = cfg.validation.model_copy(update={"seed": seed})
+        validation = cfg.validation.model_copy(update={"seed": seed, "repeats": 1})
         for row in rows:
             result = run_data_name(row, [sources[row]], Path(cfg.data.eval_root), validation, work)
             miou[row].append(result.miou)

@@ -44,15 +44,16 @@ DEFAULT_PROMPT = "professional photograph, Satellite imagery, remote sensing, wo
 class Section(BaseModel):
     # Unknown keys are errors: a typo must never silently fall back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    # Fields added after cache keys were first computed: omitted from the dump while falsy,
-    # so cache keys, store names and saved configs stay what they were before them.
+    # Fields added after cache keys were first computed: omitted from the dump while at
+    # their default, so cache keys, store names and saved configs stay what they were.
     _later_fields: ClassVar[tuple[str, ...]] = ()
 
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
+        fields = type(self).model_fields
         for name in self._later_fields:
-            if not getattr(self, name):
+            if getattr(self, name) == fields[name].get_default(call_default_factory=True):
                 data.pop(name, None)
         return data
 
@@ -363,7 +364,13 @@ class QuotaConfig(Section):
 
 
 class ValidationConfig(Section):
-    _later_fields: ClassVar[tuple[str, ...]] = ("mix_ratios", "rot_flip", "slide")
+    _later_fields: ClassVar[tuple[str, ...]] = (
+        "mix_ratios",
+        "rot_flip",
+        "slide",
+        "repeats",
+        "mosaic",
+    )
     model: Literal[SEGMENTERS] = "mask2former-cpu"  # type: ignore[valid-type]
     data: list[Literal[tuple(DATA_LABELS)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(DATA_LABELS)
@@ -379,6 +386,12 @@ class ValidationConfig(Section):
         False,
         description="also turn each training crop by a random multiple of 90 degrees and "
         "mirror it (an aerial view has no up)",
+    )
+    mosaic: bool = Field(
+        False,
+        description="draw a source whose Train tiles are under twice crop_size (generated "
+        "64 px samples at crop 64) as 2x2 mosaics of its tiles, so its crops fall at any "
+        "offset and never need padding",
     )
     slide: bool = Field(
         False,
@@ -396,6 +409,13 @@ class ValidationConfig(Section):
     )
     pretrained_backbone: Path | None = None
     seed: int = 0
+    repeats: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="train each row's segmenter this many times (seeds seed, seed + 1, ...) "
+        "and report the mean: one seed moves mIoU by several hundredths on the same data",
+    )
     output: Path | None = None
     mix_ratios: list[float] = Field(
         default_factory=list,

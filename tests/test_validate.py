@@ -224,6 +224,48 @@ def test_rerun_with_the_same_budget_reuses_the_trained_model(trained):
 
 
 @pytest.mark.slow
+def test_repeats_train_one_model_per_seed_and_report_their_mean(trained):
+    from pipeline_lib.validate import assemble_report, run_data_name
+
+    base, report = trained
+    first = report.rows[0]
+    checkpoint_time = Path(first.checkpoint).stat().st_mtime_ns
+    sources = [base / "gen", base / "ori"]
+    mean = run_data_name(
+        "Gen.+Ori.", sources, base / "ori", tiny_config(repeats=2), base / "out", progress=False
+    )
+    second = run_data_name(
+        "Gen.+Ori.", sources, base / "ori", tiny_config(seed=1), base / "out", progress=False
+    )
+
+    assert Path(first.checkpoint).stat().st_mtime_ns == checkpoint_time  # seed 0 reused
+    assert second.work_dir != first.work_dir  # seed 1 trained in its own folder
+    assert mean.seed_miou == pytest.approx((first.miou, second.miou))
+    assert mean.miou == pytest.approx((first.miou + second.miou) / 2)
+    assert mean.pixel_accuracy == pytest.approx((first.pixel_accuracy + second.pixel_accuracy) / 2)
+    assert mean.train_seconds == pytest.approx(first.train_seconds + second.train_seconds)
+    assert mean.checkpoint == first.checkpoint and mean.seed == 0
+    out = base / "repeats"
+    assemble_report([mean], out)
+    row = json.loads((out / "report.json").read_text())["rows"][0]
+    assert row["seed_miou"] == pytest.approx([first.miou, second.miou])
+    assert (
+        "mean of 2 segmenters trained on the same data (seeds 0, 1)"
+        in (out / "report.md").read_text()
+    )
+
+
+def test_one_repeat_leaves_saved_configs_and_cache_keys_as_they_were():
+    from pipeline_lib.validate.experiment import training_key
+
+    assert "repeats" not in tiny_config().model_dump()
+    assert tiny_config(repeats=3).model_dump()["repeats"] == 3
+    # The seed, not the repeat count, tells one seed's model folder from another's.
+    assert training_key([], tiny_config(repeats=3)) == training_key([], tiny_config())
+    assert training_key([], tiny_config(seed=1)) != training_key([], tiny_config())
+
+
+@pytest.mark.slow
 def test_resume_continues_the_iteration_count_with_the_saved_weights(trained, tmp_path: Path):
     from mmengine.hooks import Hook
 
@@ -378,3 +420,54 @@ def test_a_mixed_set_draws_crops_in_proportion_to_each_sources_pixels(tmp_path: 
     assert training_key([large], tiny_config()) == training_key(
         [large], tiny_config(mix_by="samples")
     )
+
+
+def test_mosaic_draws_small_samples_four_at_a_time_and_leaves_large_tiles_alone(tmp_path: Path):
+    """Generated 64 px samples at crop 64 would be cropped at one offset only; a 2x2 mosaic
+    of them is a canvas with no padding, a quarter of it from each of four samples."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+
+    from pipeline_lib.validate import mmseg_data
+    from pipeline_lib.validate.mosaic import sample_mosaic
+
+    ensure_mmseg()
+    init_default_scope("mmseg")
+    small = tmp_path / "small"
+    side = TILE // 2
+    for value in range(1, 8):  # one class per sample: a quadrant shows whose it is
+        write_tile(
+            small,
+            "Train",
+            "Urban",
+            str(value),
+            np.zeros((side, side, 3), np.uint8),
+            np.full((side, side), value, np.uint8),
+        )
+    large = make_tiny_loveda(tmp_path / "large", 1, train=2, val=1)  # tiles of twice the crop
+    roots = [mmseg_data.prepare_split(r, "Train", tmp_path / "cache") for r in (small, large)]
+
+    loader = mmseg_data.train_dataloader(
+        roots, side, 2, scale_factors=[0.75, 1.0], mix_by="samples", mosaic=True
+    )
+    mixed, plain = loader["dataset"]["datasets"]
+    assert mixed["type"] == "MultiImageMixDataset" and plain["type"] == "LoveDADataset"
+    first = DATASETS.build(loader["dataset"])[0]  # the whole pipeline runs on a mosaic
+    assert tuple(first["inputs"].shape[-2:]) == (side, side)
+    mosaics = DATASETS.build(
+        dict(
+            type="MultiImageMixDataset",
+            dataset=mixed["dataset"],
+            pipeline=[dict(type=sample_mosaic(), img_scale=(side, side))],
+        )
+    )
+    for index in range(len(mosaics)):
+        seg = mosaics[index]["gt_seg_map"]
+        assert seg.shape == (2 * side, 2 * side) and IGNORE_INDEX not in seg
+        quadrants = [seg[y : y + side, x : x + side] for y in (0, side) for x in (0, side)]
+        assert all(len(np.unique(q)) == 1 for q in quadrants)
+        assert quadrants[0][0, 0] == mosaics.dataset[index]["gt_seg_map"][0, 0]
+    assert mmseg_data.mosaic_applies(roots, side) and not mmseg_data.mosaic_applies(roots[1:], side)
+    from pipeline_lib.validate.experiment import training_key
+
+    assert training_key([], tiny_config(mosaic=True)) != training_key([], tiny_config())

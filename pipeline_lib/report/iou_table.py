@@ -24,6 +24,22 @@ def markdown_table(report: ValidationReport) -> str:
     return "\n".join(lines)
 
 
+def seeds_lines(report: ValidationReport) -> list[str]:
+    """What a row is when it averages several segmenter seeds (validation.repeats), and each
+    seed's mIoU: their spread says how far one seed's figure can be trusted. Empty otherwise."""
+    rows = [r for r in report.rows if r.seed_miou]
+    if not rows:
+        return []
+    count = len(rows[0].seed_miou)
+    seeds = ", ".join(str(rows[0].seed + i) for i in range(count))
+    by_seed = "; ".join(f"{r.data_name} " + " / ".join(_cell(m) for m in r.seed_miou) for r in rows)
+    return [
+        f"Each row is the mean of {count} segmenters trained on the same data (seeds {seeds}). "
+        f"mIoU by seed: {by_seed}.",
+        "",
+    ]
+
+
 def markdown(report: ValidationReport) -> str:
     """The whole report page: what was evaluated, the table, and per-row training facts."""
     first = report.rows[0]
@@ -37,6 +53,7 @@ def markdown(report: ValidationReport) -> str:
         "",
         markdown_table(report),
         "",
+        *seeds_lines(report),
         "| data | train samples | iters | s/iter | mmseg mIoU (%) | checkpoint |",
         "|---|---|---|---|---|---|",
     ]

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline_lib.data.classes import CLASS_NAMES, PALETTE
 from pipeline_lib.data.loveda import write_png
 from pipeline_lib.report.fidelity import LabelFidelity
-from pipeline_lib.report.iou_table import markdown_table, mix_sweep_lines
+from pipeline_lib.report.iou_table import markdown_table, mix_sweep_lines, seeds_lines
 from pipeline_lib.report.results import ValidationReport
 from pipeline_lib.validate.consistency import ConsistencyResult
 
@@ -122,6 +122,7 @@ def markdown(report: QualityReport, grid_image: str | None = None) -> str:
         "",
         markdown_table(report.validation),
         "",
+        *seeds_lines(report.validation),
         f"Majority-class baseline ({base['class']} everywhere): pixel accuracy "
         f"{base['pixel_accuracy']:.3f}, mIoU {base['miou']:.3f}.",
         "",

@@ -6,7 +6,9 @@ They live with the report that renders them; validation produces them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipeline_lib.data.classes import CLASS_NAMES
@@ -34,12 +36,15 @@ class ValidationResult:
     seconds_per_iter: float
     seed: int
     slide: bool = False  # predicted in crop-sized windows (absent from older result.json)
+    # mIoU of each seed's model when the row is their mean (validation.repeats); else empty.
+    seed_miou: tuple[float, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["iou"] = {k: _nan_to_none(v) for k, v in self.iou.items()}
         data["miou"] = _nan_to_none(self.miou)
         data["seconds_per_iter"] = _nan_to_none(self.seconds_per_iter)
+        data["seed_miou"] = [_nan_to_none(m) for m in self.seed_miou]
         return data
 
     @classmethod
@@ -48,7 +53,31 @@ class ValidationResult:
         data["iou"] = {k: _none_to_nan(v) for k, v in data["iou"].items()}
         data["miou"] = _none_to_nan(data["miou"])
         data["seconds_per_iter"] = _none_to_nan(data["seconds_per_iter"])
+        data["seed_miou"] = tuple(_none_to_nan(m) for m in data.get("seed_miou", ()))
         return cls(**data)
+
+
+def mean_over_seeds(runs: Sequence[ValidationResult]) -> ValidationResult:
+    """One row from models trained on the same data with different seeds: the mean of their
+    scores and the sum of their training time. Checkpoint, work dir and seed stay the first
+    seed's, the model that later steps (consistency, the agreement filter) use."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+
+    def mean(values) -> float:
+        return statistics.fmean(values)  # NaN (a class absent from Val) stays NaN
+
+    return replace(
+        first,
+        iou={name: mean(r.iou[name] for r in runs) for name in first.iou},
+        miou=mean(r.miou for r in runs),
+        pixel_accuracy=mean(r.pixel_accuracy for r in runs),
+        mmseg_miou=mean(r.mmseg_miou for r in runs),
+        train_seconds=round(sum(r.train_seconds for r in runs), 3),
+        seconds_per_iter=mean(r.seconds_per_iter for r in runs),
+        seed_miou=tuple(r.miou for r in runs),
+    )
 
 
 @dataclass(frozen=True)

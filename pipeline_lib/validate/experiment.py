@@ -19,7 +19,7 @@ from pipeline_lib.errors import DataError
 from pipeline_lib.report.bar_chart import write_iou_bars
 from pipeline_lib.report.iou_table import write_json, write_markdown
 from pipeline_lib.report.mix_plot import write_mix_plot
-from pipeline_lib.report.results import ValidationReport, ValidationResult
+from pipeline_lib.report.results import ValidationReport, ValidationResult, mean_over_seeds
 from pipeline_lib.validate import mmseg_data
 from pipeline_lib.validate.metrics import mean_iou, pixel_accuracy
 from pipeline_lib.validate.mixing import mix_sweep
@@ -45,11 +45,38 @@ def run_data_name(
     work_dir: Path,
     progress: bool = True,
 ) -> ValidationResult:
-    """Train one model on the Train splits of ``sources`` and score it on ``eval_root``'s Val.
+    """Train one model on the Train splits of ``sources`` and score it on ``eval_root``'s Val;
+    with ``cfg.repeats`` > 1, one model per seed (``cfg.seed``, ``cfg.seed + 1``, ...) and the
+    mean of their scores.
 
-    Resumes from the latest checkpoint under ``work_dir/<slug>-<training_key>``, where it
-    also writes result.json and validation.json (the config, to rebuild the model later).
+    Each model resumes from the latest checkpoint under ``work_dir/<slug>-<training_key>``
+    (the key holds its seed), where it also writes result.json and validation.json (the
+    config, to rebuild the model later).
     """
+    seeds = range(cfg.seed, cfg.seed + cfg.repeats)
+    return mean_over_seeds(
+        [
+            _train_and_score(
+                name,
+                sources,
+                eval_root,
+                cfg.model_copy(update={"seed": seed, "repeats": 1}),
+                work_dir,
+                progress,
+            )
+            for seed in seeds
+        ]
+    )
+
+
+def _train_and_score(
+    name: str,
+    sources: Sequence[Path],
+    eval_root: Path,
+    cfg: ValidationConfig,
+    work_dir: Path,
+    progress: bool,
+) -> ValidationResult:
     from pipeline_lib.validate import runner
 
     if not sources:
@@ -58,6 +85,9 @@ def run_data_name(
     cache = work_dir / "data-cache"
     train_roots = [mmseg_data.prepare_split(Path(s), mmseg_data.TRAIN, cache) for s in sources]
     eval_mmseg = mmseg_data.prepare_split(Path(eval_root), mmseg_data.VAL, cache)
+    if cfg.mosaic and not mmseg_data.mosaic_applies(train_roots, cfg.crop_size):
+        # Tiles this large are never mosaiced: the model is the one trained without it.
+        cfg = cfg.model_copy(update={"mosaic": False})
     run_dir = work_dir / f"{slug(name)}-{training_key(sources, cfg)}"
     config = runner.runner_config(train_roots, eval_mmseg, cfg, run_dir, progress)
     log.info(
@@ -144,7 +174,8 @@ def training_key(sources: Sequence[Path], cfg: ValidationConfig) -> str:
             "pretrained_backbone",
             "scale_factors",
             "class_weights",
-            "rot_flip",  # the dump leaves it out when off: keys from before it stay
+            "rot_flip",  # the dump leaves these out when off: keys from before them stay
+            "mosaic",
         }
         | ({"mix_by"} if len(sources) > 1 else set()),
         mode="json",

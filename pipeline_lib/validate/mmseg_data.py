@@ -19,6 +19,7 @@ from PIL import Image
 from pipeline_lib.choices import MIX_BY
 from pipeline_lib.data.loveda import export_mmseg, labelled_tiles, list_tiles
 from pipeline_lib.errors import DataError
+from pipeline_lib.validate.mosaic import sample_mosaic
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ def _resize(crop_size: int, scale_factors: Sequence[float] | None) -> dict[str, 
     return dict(type="RandomChoice", transforms=choices)
 
 
+def _loads() -> list[dict[str, Any]]:
+    return [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", reduce_zero_label=True)]
+
+
+LOAD_STEPS = len(_loads())  # a mosaic wraps the transforms after them
+
+
 def train_pipeline(
     crop_size: int, scale_factors: Sequence[float] | None = None, rot_flip: bool = False
 ) -> list[dict[str, Any]]:
@@ -87,8 +95,7 @@ def train_pipeline(
     # always mirrors; the random flip after it undoes that half the time (pure rotations).
     turns = [dict(type="RandomRotFlip", rotate_prob=0.0, flip_prob=1.0)] if rot_flip else []
     return [
-        dict(type="LoadImageFromFile"),
-        dict(type="LoadAnnotations", reduce_zero_label=True),
+        *_loads(),
         _resize(crop_size, scale_factors),
         dict(type="RandomCrop", crop_size=crop, cat_max_ratio=0.75),
         *turns,
@@ -149,18 +156,49 @@ def dataset_config(data_root: Path, split: str, pipeline: list[dict[str, Any]]) 
 def pixel_repeats(roots: Sequence[Path]) -> list[int]:
     """How many times each mmseg-layout root's Train tiles repeat in a mixed set so that
     crops come from each root in proportion to its pixels, not to its tile count."""
-    areas = []
-    for root in roots:
-        files = sorted((Path(root) / "img_dir" / TRAIN.lower()).glob("*.png"))
-        if not files:
-            raise DataError(f"{root}: no Train images under img_dir/{TRAIN.lower()}")
-        sizes = []
-        for path in files:
-            with Image.open(path) as image:  # reads the header only
-                sizes.append(image.width * image.height)
-        areas.append(sum(sizes) / len(sizes))
+    areas = [_mean_tile_area(root) for root in roots]
     smallest = min(areas)
     return [max(1, round(area / smallest)) for area in areas]
+
+
+def _mean_tile_area(root: Path) -> float:
+    """Mean pixel count of an mmseg-layout root's Train images (read from their headers)."""
+    files = sorted((Path(root) / "img_dir" / TRAIN.lower()).glob("*.png"))
+    if not files:
+        raise DataError(f"{root}: no Train images under img_dir/{TRAIN.lower()}")
+    sizes = []
+    for path in files:
+        with Image.open(path) as image:  # reads the header only
+            sizes.append(image.width * image.height)
+    return sum(sizes) / len(sizes)
+
+
+def _mosaic_side(root: Path, crop_size: int) -> int | None:
+    """The tile side a mosaic of ``root``'s tiles is made of, or None where they are at
+    least twice the crop (a crop then already falls at many offsets)."""
+    side = round(_mean_tile_area(root) ** 0.5)
+    return side if side < 2 * crop_size else None
+
+
+def mosaic_applies(roots: Sequence[Path], crop_size: int) -> bool:
+    """Whether ``validation.mosaic`` changes training on these mmseg-layout roots."""
+    return any(_mosaic_side(root, crop_size) is not None for root in roots)
+
+
+def _train_dataset(
+    root: Path, pipeline: list[dict[str, Any]], crop_size: int, mosaic: bool
+) -> dict[str, Any]:
+    """One root's Train split; with ``mosaic``, a root whose tiles are under twice the crop
+    is drawn as 2x2 mosaics of its tiles (mmseg's MultiImageMixDataset around the loads)."""
+    side = _mosaic_side(root, crop_size) if mosaic else None
+    if side is None:
+        return dataset_config(root, TRAIN, pipeline)
+    loads, rest = pipeline[:LOAD_STEPS], pipeline[LOAD_STEPS:]
+    return dict(
+        type="MultiImageMixDataset",
+        dataset=dataset_config(root, TRAIN, loads),
+        pipeline=[dict(type=sample_mosaic(), img_scale=(side, side)), *rest],
+    )
 
 
 def train_dataloader(
@@ -170,15 +208,17 @@ def train_dataloader(
     scale_factors: Sequence[float] | None = None,
     mix_by: str = MIX_BY[0],
     rot_flip: bool = False,
+    mosaic: bool = False,
 ) -> dict[str, Any]:
     """Infinite shuffled loader over the Train splits of ``roots`` (concatenated).
 
     The sampler draws tiles uniformly; with ``mix_by="pixels"`` the roots with larger
     tiles repeat (mmengine's RepeatDataset) until each tile's share of the draws matches
-    its share of the pixels.
+    its share of the pixels. ``mosaic`` draws a root of small tiles as 2x2 mosaics; a
+    mosaic still yields one crop, so the repeats stay those of the tiles' own sizes.
     """
     pipeline = train_pipeline(crop_size, scale_factors, rot_flip)
-    datasets = [dataset_config(r, TRAIN, pipeline) for r in roots]
+    datasets = [_train_dataset(r, pipeline, crop_size, mosaic) for r in roots]
     if len(datasets) > 1 and mix_by == "pixels":
         datasets = [
             d if times == 1 else dict(type="RepeatDataset", dataset=d, times=times)

@@ -52,7 +52,13 @@ def runner_config(
         work_dir=str(work_dir),
         model=model_config(cfg),
         train_dataloader=mmseg_data.train_dataloader(
-            train_roots, cfg.crop_size, cfg.batch_size, cfg.scale_factors, cfg.mix_by, cfg.rot_flip
+            train_roots,
+            cfg.crop_size,
+            cfg.batch_size,
+            cfg.scale_factors,
+            cfg.mix_by,
+            cfg.rot_flip,
+            cfg.mosaic,
         ),
         optim_wrapper=optim_config(cfg.model, cfg.lr, pretrained),
         param_scheduler=[
