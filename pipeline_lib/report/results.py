@@ -64,10 +64,7 @@ def mean_over_seeds(runs: Sequence[ValidationResult]) -> ValidationResult:
     first = runs[0]
     if len(runs) == 1:
         return first
-
-    def mean(values) -> float:
-        return statistics.fmean(values)  # NaN (a class absent from Val) stays NaN
-
+    mean = statistics.fmean  # NaN (a class absent from Val) stays NaN
     return replace(
         first,
         iou={name: mean(r.iou[name] for r in runs) for name in first.iou},
