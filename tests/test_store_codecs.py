@@ -147,3 +147,35 @@ def test_an_open_reader_sees_rows_of_a_store_that_grew(tmp_path):
     np.testing.assert_array_equal(images, shard.images)
     np.testing.assert_array_equal(labels, shard.labels)
     assert reader.arrays()[0] is not before and reader.arrays()[0].shape[0] >= 40
+
+
+@pytest.mark.parametrize("bands", [2, 1], ids=["two bands", "one chunk (earlier stores)"])
+def test_images_in_bands_or_whole_read_back_exactly_through_the_direct_reader(
+    tmp_path, monkeypatch, bands
+):
+    # Stores made before images were cut into bands hold one chunk per image: both read
+    # through the shard reader, not zarr's slower path, and give the very same pixels.
+    monkeypatch.setattr("pipeline_lib.store.store.IMAGE_BANDS", bands)
+    store = create_or_open_store(tmp_path / "s.zarr", shard_size=4, height=16, width=16)
+    shards = [fake_shard(k, 4) for k in (0, 1)]
+    for shard in shards:
+        commit_shard(store, shard)
+    group = zarr.open_group(store.path, mode="r")
+    assert group["images"].chunks == (1, 16 // bands, 16, 3)
+    reader = SampleStore(store.path)
+    assert None not in reader._open_for_reading()[3]
+    expected = np.concatenate([s.images for s in shards])
+    for row in (0, 5, 7):  # single rows: one sample's bands decoded side by side
+        np.testing.assert_array_equal(reader.read_rows([row])[0][0], expected[row])
+    images, labels = reader.read_rows(list(range(8))[::-1])  # many rows, decoded together
+    np.testing.assert_array_equal(images, expected[::-1])
+    np.testing.assert_array_equal(labels, np.concatenate([s.labels for s in shards])[::-1])
+
+
+def test_an_image_of_odd_height_stays_one_chunk(tmp_path):
+    store = create_or_open_store(tmp_path / "s.zarr", shard_size=2, height=15, width=16)
+    image = np.arange(15 * 16 * 3, dtype=np.uint8).reshape(15, 16, 3)
+    label = np.ones((15, 16), np.uint8)
+    commit_shard(store, ShardData(0, image[None], label[None], ({"sample_id": "odd-0"},)))
+    assert zarr.open_group(store.path, mode="r")["images"].chunks == (1, 15, 16, 3)
+    np.testing.assert_array_equal(SampleStore(store.path).read_rows([0])[0][0], image)

@@ -1,6 +1,7 @@
 """The sample store: a Zarr v3 group with ``images`` (N,H,W,3) and ``labels`` (N,H,W) uint8.
 
-One chunk per sample, ``shard_size`` samples per zarr shard file. Lossless: images through a
+One chunk per label, two per image (its top and bottom bands of rows, which a single-sample
+read decodes on two cores), ``shard_size`` samples per zarr shard file. Lossless: images through a
 lossless image codec (WebP lossless by default, see ``codecs.py``) with a crc32c checksum,
 labels through zstd with its checksum (exact, and readable by any Zarr v3 implementation).
 Shard k owns rows ``[k*S, (k+1)*S)``, so different shards never share a file and any
@@ -51,6 +52,9 @@ INITIAL_SHARDS = 4
 # Shards an object store's arrays are sized for, once: a million shards (64 million samples
 # at 64 per shard). Unwritten shards cost nothing.
 OBJECT_STORE_SHARDS = 2**20
+# Chunks per image (bands of rows): a random single-sample read is bound by decoding one
+# image, and two bands decode on two cores at once (README, "Benchmarks").
+IMAGE_BANDS = 2
 
 
 @contextmanager
@@ -311,12 +315,14 @@ def _create(
     rows = shards * shard_size
     # Every chain ends in a checksum: a flipped byte fails the read instead of returning
     # wrong pixels.
+    image_band = height // IMAGE_BANDS if height % IMAGE_BANDS == 0 else height
+    chunks = {"images": (1, image_band, width, 3), "labels": (1, height, width)}
     for name, sample in (("images", (height, width, 3)), ("labels", (height, width))):
         group.create_array(
             name,
             shape=(rows, *sample),
             dtype="uint8",
-            chunks=(1, *sample),
+            chunks=chunks[name],
             shards=(shard_size, *sample),
             **codecs[name],
             fill_value=0,
