@@ -140,10 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from pipeline_lib.config import load_config
+    from pipeline_lib.data.prepare import prepare_dataset
     from pipeline_lib.validate.experiment import run_data_name
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
+    prepare_dataset(cfg.data, progress=True)  # synthesised if absent, as `lfactory train` does
     rows = tuple(row for row in ROWS if row in args.rows)
     work = Path(cfg.work_dir) / "quality-gap"
     sources = gap_sources(cfg, work, args.store, progress=True, rows=rows)

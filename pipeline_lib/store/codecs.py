@@ -30,7 +30,7 @@ from pipeline_lib.errors import ConfigError
 
 
 class _ImageSerializer(_NumcodecsArrayBytesCodec):
-    """An imagecodecs numcodecs codec as a zarr v3 array-to-bytes codec of one-sample chunks."""
+    """An imagecodecs numcodecs codec as a zarr v3 array-to-bytes codec of chunks of one sample."""
 
     def __init__(self, **codec_config: Any) -> None:
         # zarr warns on every construction (also on every open) that numcodecs codecs are
