@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import imagecodecs.numcodecs
 import numpy as np
 import pytest
 import zarr
@@ -69,6 +71,30 @@ def test_every_image_codec_is_lossless(tmp_path, codec):
     images, labels = landscapes(2)
     store = commit(tmp_path / "s.zarr", images, labels, image_codec=codec)
     np.testing.assert_array_equal(store.read_rows([0, 1])[0], images)
+
+
+def test_htj2k_which_races_across_threads_is_called_by_one_thread_at_a_time(tmp_path, monkeypatch):
+    # OpenJPH now and then wrote a wrong codestream when several threads of a fresh process
+    # encoded at once (a CI run failed so); the store must never let its calls overlap.
+    inside, overlaps = [0], []
+    for name in ("encode", "decode"):
+        original = getattr(imagecodecs.numcodecs.Htj2k, name)
+
+        def tracked(self, buf, *args, _original=original, **kwargs):
+            inside[0] += 1
+            overlaps.append(inside[0])
+            time.sleep(0.01)  # wide enough for a second thread to enter, were it allowed
+            try:
+                return _original(self, buf, *args, **kwargs)
+            finally:
+                inside[0] -= 1
+
+        monkeypatch.setattr(imagecodecs.numcodecs.Htj2k, name, tracked)
+    images, labels = landscapes(4)
+    store = commit(tmp_path / "s.zarr", images, labels, image_codec="htj2k")
+    np.testing.assert_array_equal(store.read_rows(range(4))[0], images)
+    np.testing.assert_array_equal(zarr.open_group(store.path, mode="r")["images"][:4], images)
+    assert len(overlaps) >= 3 * 8 and max(overlaps) == 1  # 8 chunks written, read thrice
 
 
 def test_labels_use_only_codecs_of_the_zarr_v3_specification(tmp_path):

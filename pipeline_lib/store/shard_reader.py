@@ -48,10 +48,10 @@ def _chunk_decoder(codecs: tuple, chunk_shape: tuple[int, ...], dtype: np.dtype)
 
         return decode
     if len(codecs) == 2 and isinstance(codecs[0], _ImageSerializer) and kinds[1] is Crc32cCodec:
-        image = codecs[0]._codec
+        image = codecs[0]
 
         def decode(data: bytes) -> np.ndarray:
-            return np.asarray(image.decode(_check_crc32c(data, "chunk"))).reshape(chunk_shape)
+            return image.decode_image(_check_crc32c(data, "chunk")).reshape(chunk_shape)
 
         return decode
     return None
