@@ -140,7 +140,19 @@ class TrainConfig(Section):
         return self
 
 
-class LabelLoraConfig(TrainConfig):
+class GeneratorTrainConfig(TrainConfig):
+    """A generator stage, which may go on from its own model trained by another config."""
+
+    _later_fields: ClassVar[tuple[str, ...]] = ("init_from",)
+
+    init_from: Path | None = Field(
+        None,
+        description="start from this stage's model as another config trained it (e.g. at a "
+        "lower resolution: progressive training) instead of from the base; train that first",
+    )
+
+
+class LabelLoraConfig(GeneratorTrainConfig):
     method: Literal["lora", "full"] = Field(
         "lora",
         description="lora: a LoRA on the base UNet (the research's, for real SD); full: the "
@@ -168,6 +180,8 @@ class LabelLoraConfig(TrainConfig):
         # The estimate widens the UNet's input; a LoRA shares the base UNet with the image pass.
         if self.self_condition and self.method != "full":
             raise ValueError("self_condition needs method: full (a LoRA cannot widen the UNet)")
+        if self.init_from is not None and self.method != "full":
+            raise ValueError("init_from needs method: full (it loads a whole label UNet)")
         return self
 
     @field_validator("target_modules")
@@ -189,7 +203,7 @@ class LabelLoraConfig(TrainConfig):
         return self.modules
 
 
-class ControlNetConfig(TrainConfig):
+class ControlNetConfig(GeneratorTrainConfig):
     """The image model: a ControlNet beside the UNet (the research's path, for real SD), or
     the base UNet itself with the one-hot label concatenated to its input (``concat``,
     as SD's inpainting model widens its input), which learns from scratch in minutes."""
@@ -538,6 +552,9 @@ class FactoryConfig(Section):
             self.data.__dict__["eval_root"] = self.data.root
         else:
             self.data.__dict__["eval_root"] = self.data.eval_root.expanduser().absolute()
+        for stage in (self.label_lora, self.controlnet):
+            if stage.init_from is not None:
+                stage.__dict__["init_from"] = stage.init_from.expanduser().absolute()
         if self.validation.pretrained_backbone is not None:
             self.validation.__dict__["pretrained_backbone"] = (
                 self.validation.pretrained_backbone.expanduser().absolute()

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import task
 from prefect.context import TaskRunContext
 
-from pipeline_lib.config import FactoryConfig
+from pipeline_lib.config import FactoryConfig, TrainConfig
 from pipeline_lib.data.loveda import fingerprint
 from pipeline_lib.micro_batches import exact_splits, split_batch
 from pipeline_lib.models.model_hash import model_hash
@@ -30,12 +30,21 @@ def _base_identity(config: FactoryConfig) -> str:
     return model_hash(Path(config.models.base))
 
 
+def _start_identity(train: TrainConfig) -> tuple[str, ...]:
+    # A stage that goes on from another config's model is a function of that model's weights
+    # (nothing where it starts from the base, so earlier keys stay what they were).
+    start = getattr(train, "init_from", None)
+    return (model_hash(start),) if start is not None and Path(start).exists() else ()
+
+
 def _training_key(section: str):
     def key(_: TaskRunContext, params: dict) -> str:
         config: FactoryConfig = params["config"]
+        train = getattr(config, section)
         return digest(
             f"train-{section}",
-            getattr(config, section),
+            train,
+            *_start_identity(train),
             config.models,
             config.generation.prompt,
             config.generation.styles,

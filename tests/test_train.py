@@ -354,3 +354,43 @@ def test_noise_offset_shifts_each_colour_of_a_sample_by_one_seeded_draw():
     assert train_section_hash(plain.model_copy(update={"noise_offset": 0.1}), "p") != (
         train_section_hash(plain, "p")
     )
+
+
+def _weights(folder):
+    return load_file(next(folder.glob("*.safetensors")))
+
+
+@pytest.mark.parametrize(
+    ("section", "train", "extra"),
+    [
+        ("label_lora", train_label_lora, {"method": "full", "colours": "bits"}),
+        ("controlnet", train_controlnet, {"conditioning": "concat"}),
+    ],
+    ids=["label model", "concat image model"],
+)
+def test_a_generator_goes_on_from_the_model_another_config_trained(
+    tmp_path, base, blocky, section, train, extra
+):
+    # Progressive training: a second config (here at another resolution) starts from the
+    # first one's model. At a vanishing rate its one step leaves those weights as they were.
+    first = make_config(tmp_path / "a", base, blocky, **{section: small(steps=3, **extra)})
+    train(first, progress=False)
+    trained = getattr(first, section).output
+    go_on = small(steps=1, resolution=16, lr=1e-30, init_from=str(trained), **extra)
+    second = make_config(tmp_path / "b", base, blocky, **{section: go_on})
+    summary = train(second, progress=False)
+    before, after = _weights(trained), _weights(getattr(second, section).output)
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    fresh = make_config(tmp_path / "c", base, blocky, **{section: small(steps=1, **extra)})
+    assert summary.config_hash != train(fresh, progress=False).config_hash
+
+    missing = go_on | {"init_from": str(tmp_path / "nowhere")}
+    with pytest.raises(CheckpointError, match=f"{section}.init_from: .*nowhere"):
+        train(make_config(tmp_path / "d", base, blocky, **{section: missing}), progress=False)
+
+
+def test_init_from_a_label_lora_is_refused_by_name():
+    from pipeline_lib.config import LabelLoraConfig
+
+    with pytest.raises(ValueError, match="init_from needs method: full"):
+        LabelLoraConfig(init_from="somewhere")

@@ -37,9 +37,11 @@ from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (
     TrainJob,
     TrainSummary,
+    continued_unet,
     make_accelerator,
     place,
     run_training,
+    starting_model,
     train_section_hash,
     weight_dtype,
 )
@@ -71,7 +73,11 @@ def train_controlnet(
     accelerator = make_accelerator(cfg, train)
     dtype = weight_dtype(accelerator)
     sd = load_sd_components(base)
-    controlnet = initial_controlnet(base, sd.unet, sd_scale_factor(sd.vae))
+    start = starting_model(train, "controlnet")
+    if start is not None:
+        controlnet = load_controlnet(start)
+    else:
+        controlnet = initial_controlnet(base, sd.unet, sd_scale_factor(sd.vae))
     for frozen in (sd.unet, sd.vae, sd.text_encoder):
         place(frozen.requires_grad_(False).eval(), accelerator.device, dtype)
     controlnet.requires_grad_(True).to(accelerator.device)
@@ -138,6 +144,9 @@ def _train_concat(
     sd = load_sd_components(base)
     scale = sd_scale_factor(sd.vae)
     unet = concat_unet(sd.unet, scale)
+    start = starting_model(train, "controlnet")
+    if start is not None:
+        unet = continued_unet(start, unet, "controlnet")
     for frozen in (sd.vae, sd.text_encoder):
         place(frozen.requires_grad_(False).eval(), accelerator.device, dtype)
     unet.requires_grad_(True).to(accelerator.device)

@@ -27,9 +27,11 @@ from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (
     TrainJob,
     TrainSummary,
+    continued_unet,
     make_accelerator,
     place,
     run_training,
+    starting_model,
     train_section_hash,
     weight_dtype,
 )
@@ -88,6 +90,9 @@ def train_label_lora(
     full = lora.method == "full"
     if lora.self_condition:
         sd.unet = widened_unet(sd.unet, sd.unet.config.out_channels)
+    start = starting_model(lora, "label_lora")
+    if start is not None:
+        sd.unet = continued_unet(start, sd.unet, "label_lora")
     if full:
         sd.unet.requires_grad_(True).to(accelerator.device)
     else:

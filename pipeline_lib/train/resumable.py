@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pipeline_lib.choices import LR_SCHEDULES
-from pipeline_lib.config import FactoryConfig, TrainConfig
+from pipeline_lib.config import FactoryConfig, GeneratorTrainConfig, TrainConfig
 from pipeline_lib.errors import CheckpointError, ConfigError, TrainingDivergedError
 from pipeline_lib.hashing import json_digest
 from pipeline_lib.micro_batches import effective_batch
@@ -161,9 +162,13 @@ def train_section_hash(train: TrainConfig, *extra: Any) -> str:
         "data_workers",
         "batch_size",
         "grad_accum",
+        "init_from",
     }
     section = train.model_dump(mode="json", exclude=unused)
     section["effective_batch"] = effective_batch(train)
+    start = getattr(train, "init_from", None)
+    if start is not None:  # the weights it starts from, wherever they lie
+        section["init_from"] = model_hash(start)
     return config_hash(section, *extra)
 
 
@@ -195,6 +200,29 @@ def _stop_if_diverged(
 
 
 # ---------------------------------------------------------------- checkpoints
+
+
+def starting_model(train: GeneratorTrainConfig, section: str) -> Path | None:
+    """``train.init_from`` once it holds a saved model; None where the stage starts anew."""
+    start = train.init_from
+    if start is not None and not (Path(start) / "config.json").is_file():
+        raise CheckpointError(
+            f"{section}.init_from: {start} holds no trained model (no config.json); train the "
+            "config that writes it first"
+        )
+    return start
+
+
+def continued_unet(start: Path, fresh: torch.nn.Module, section: str) -> UNet2DConditionModel:
+    """The UNet saved at ``start``, which must have the input ``fresh`` would have."""
+    unet = UNet2DConditionModel.from_pretrained(start, local_files_only=True)
+    if unet.config.in_channels != fresh.config.in_channels:
+        raise ConfigError(
+            f"{section}.init_from: {start} reads {unet.config.in_channels} input channels where "
+            f"this config's model reads {fresh.config.in_channels}; it was trained with other "
+            "conditioning"
+        )
+    return unet
 
 
 def _checkpoint_dir(output: Path, step: int) -> Path:
