@@ -19,6 +19,7 @@ from pipeline_lib.data.synth import synth_tile, tile_rng
 from pipeline_lib.errors import ConfigError, IntegrityError
 from pipeline_lib.store import SampleStore, ShardData, commit_shard, create_or_open_store
 from pipeline_lib.store.codecs import DEFAULT_IMAGE_CODEC, IMAGE_CODECS
+from pipeline_lib.store.shard_reader import EMPTY_CHUNK
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "loveda-real" / "Train" / "Rural"
 SIZE = 64
@@ -205,3 +206,31 @@ def test_an_image_of_odd_height_stays_one_chunk(tmp_path):
     commit_shard(store, ShardData(0, image[None], label[None], ({"sample_id": "odd-0"},)))
     assert zarr.open_group(store.path, mode="r")["images"].chunks == (1, 15, 16, 3)
     np.testing.assert_array_equal(SampleStore(store.path).read_rows([0])[0][0], image)
+
+
+@pytest.mark.parametrize("codec", IMAGE_CODECS)
+def test_a_shard_the_store_encodes_itself_is_one_zarr_reads_and_writes_alike(tmp_path, codec):
+    # The store assembles shard files itself (shard_encoder.py): zarr's own read path must
+    # give every sample back, and zarr writing the same block must read back the same.
+    images, labels = landscapes(4)
+    images[1], labels[2] = 0, 0  # an all-fill chunk is left out of the file, as zarr does
+    mine = create_or_open_store(
+        tmp_path / "mine.zarr", shard_size=6, height=SIZE, width=SIZE, image_codec=codec
+    )
+    commit_shard(
+        mine, ShardData(0, images, labels, tuple({"sample_id": f"s{i}"} for i in range(4)))
+    )
+    theirs = create_or_open_store(
+        tmp_path / "theirs.zarr", shard_size=6, height=SIZE, width=SIZE, image_codec=codec
+    )
+    group = zarr.open_group(theirs.path, mode="r+")
+    group["images"][:4], group["labels"][:4] = images, labels
+    for store in (mine, theirs):
+        got = zarr.open_group(store.path, mode="r")
+        np.testing.assert_array_equal(got["images"][:6], np.concatenate([images, images[:2] * 0]))
+        np.testing.assert_array_equal(got["labels"][:6], np.concatenate([labels, labels[:2] * 0]))
+    index = SampleStore(mine.path)._open_for_reading()[3][0]._index
+    shard_file = mine.path / "images" / "c" / "0" / "0" / "0" / "0"
+    with open(shard_file, "rb") as handle:
+        offsets = index(0, handle.fileno(), shard_file.stat())[..., 0]
+    assert (offsets[[1, 4, 5]] == EMPTY_CHUNK).all() and (offsets[[0, 2, 3]] != EMPTY_CHUNK).all()

@@ -26,7 +26,8 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
 from pipeline_lib.store.codecs import _ImageSerializer
 
-_EMPTY = 2**64 - 1
+# What zarr's shard index holds, as offset and length, for a chunk that was not written.
+EMPTY_CHUNK = 2**64 - 1
 Decode = Callable[[bytes], np.ndarray]
 
 
@@ -57,6 +58,29 @@ def _chunk_decoder(codecs: tuple, chunk_shape: tuple[int, ...], dtype: np.dtype)
     return None
 
 
+def store_sharding(array: zarr.Array) -> ShardingCodec | None:
+    """``array``'s sharding codec where its layout is the store's, else None.
+
+    The store's layout: shards of whole samples, each cut into chunks of one sample (or of
+    one band of its rows), the shard index at the file's end with a crc32c, keys with "/".
+    """
+    codecs = array.metadata.codecs
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sharding = codecs[0]
+    index_kinds = tuple(type(c) for c in sharding.index_codecs)
+    if (
+        sharding.index_location.value != "end"
+        or index_kinds != (BytesCodec, Crc32cCodec)
+        or sharding.chunk_shape[0] != 1
+        or tuple(sharding.chunk_shape[2:]) != tuple(array.shape[2:])
+        or array.shape[1] % sharding.chunk_shape[1]
+        or array.metadata.chunk_key_encoding.to_dict()["configuration"]["separator"] != "/"
+    ):
+        return None
+    return sharding
+
+
 class ShardReader:
     """Single rows of one store array, read from its shard files (one chunk per row or band)."""
 
@@ -81,19 +105,8 @@ class ShardReader:
     @classmethod
     def for_array(cls, root: Path, array: zarr.Array) -> ShardReader | None:
         """A reader for ``array`` at ``root``, or None where its layout is not the store's."""
-        codecs = array.metadata.codecs
-        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-            return None
-        sharding = codecs[0]
-        index_kinds = tuple(type(c) for c in sharding.index_codecs)
-        if (
-            sharding.index_location.value != "end"
-            or index_kinds != (BytesCodec, Crc32cCodec)
-            or sharding.chunk_shape[0] != 1
-            or tuple(sharding.chunk_shape[2:]) != tuple(array.shape[2:])
-            or array.shape[1] % sharding.chunk_shape[1]
-            or array.metadata.chunk_key_encoding.to_dict()["configuration"]["separator"] != "/"
-        ):
+        sharding = store_sharding(array)
+        if sharding is None:
             return None
         decode = _chunk_decoder(sharding.codecs, sharding.chunk_shape[1:], np.dtype(array.dtype))
         return None if decode is None else cls(root, array, decode, sharding)
@@ -130,7 +143,7 @@ class ShardReader:
                 index = self._index(int(shard), fd, os.fstat(fd))
                 for i in np.flatnonzero(shards == shard):
                     for band, (offset, length) in enumerate(index[local[i]].tolist()):
-                        if offset != _EMPTY:
+                        if offset != EMPTY_CHUNK:
                             where = out[i, band * self._band : (band + 1) * self._band]
                             chunks.append((where, os.pread(fd, length, offset)))
             finally:

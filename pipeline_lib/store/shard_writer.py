@@ -44,6 +44,7 @@ from pipeline_lib.store.manifest import (
     write_manifest,
 )
 from pipeline_lib.store.object_store import join, object_root
+from pipeline_lib.store.shard_encoder import write_shard
 from pipeline_lib.store.store import SampleStore, ensure_capacity, store_lock
 
 log = logging.getLogger(__name__)
@@ -134,13 +135,8 @@ def _stage(store: SampleStore, data: ShardData, claim: ShardClaim) -> StagedShar
     confirm_claim(store.path, data.shard_id, claim.token)
     try:
         ensure_capacity(store, rows.stop)
-        images, labels = store.arrays(mode="r+")
-        # Pad to the full shard: one whole-shard write, no read-modify-write of the file.
-        block_images = np.zeros((store.shard_size, *images.shape[1:]), np.uint8)
-        block_labels = np.zeros((store.shard_size, *labels.shape[1:]), np.uint8)
-        block_images[:n], block_labels[:n] = data.images, data.labels
-        images[rows.start : rows.stop] = block_images
-        labels[rows.start : rows.stop] = block_labels
+        # One whole-shard write per array, no read-modify-write of the file.
+        write_shard(store.arrays(mode="r+"), data.shard_id, (data.images, data.labels))
         _sync_shard_data(store, data.shard_id)
     except OSError as error:
         refused = refused_write(error, store.path, f"shard {data.shard_id}'s arrays")
