@@ -12,7 +12,6 @@ Chunks that hold only the fill value are left out, as zarr leaves them out.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -101,21 +100,20 @@ class ShardEncoder:
             sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
 
-def write_shard(arrays: tuple[zarr.Array, ...], shard_id: int, blocks: tuple) -> None:
+def write_shard(
+    arrays: tuple[zarr.Array, ...], shard_id: int, blocks: tuple, pool: ThreadPoolExecutor
+) -> None:
     """Write shard ``shard_id`` of each array from its block of samples, every array's
-    chunks encoding at once on one pool; an array of another layout goes through zarr."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity else os.cpu_count() or 1
-    with ThreadPoolExecutor(cores, "shard-encode") as pool:
-        pending = []
-        for array, block in zip(arrays, blocks, strict=True):
-            encoder = ShardEncoder.for_array(array)
-            pending.append((array, block, encoder, encoder and encoder.encode(block, pool)))
-        for array, block, encoder, assemble in pending:
-            if encoder is None:
-                start = shard_id * array.shards[0]
-                padded = np.full((array.shards[0], *block.shape[1:]), array.fill_value, block.dtype)
-                padded[: len(block)] = block
-                array[start : start + len(padded)] = padded
-            else:
-                encoder.write(shard_id, assemble())
+    chunks encoding at once on ``pool``; an array of another layout goes through zarr."""
+    pending = []
+    for array, block in zip(arrays, blocks, strict=True):
+        encoder = ShardEncoder.for_array(array)
+        pending.append((array, block, encoder, encoder and encoder.encode(block, pool)))
+    for array, block, encoder, assemble in pending:
+        if encoder is None:
+            start = shard_id * array.shards[0]
+            padded = np.full((array.shards[0], *block.shape[1:]), array.fill_value, block.dtype)
+            padded[: len(block)] = block
+            array[start : start + len(padded)] = padded
+        else:
+            encoder.write(shard_id, assemble())

@@ -58,6 +58,12 @@ def _chunk_decoder(codecs: tuple, chunk_shape: tuple[int, ...], dtype: np.dtype)
     return None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (sched_getaffinity is Linux's; elsewhere all)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 def store_sharding(array: zarr.Array) -> ShardingCodec | None:
     """``array``'s sharding codec where its layout is the store's, else None.
 
@@ -96,9 +102,7 @@ class ShardReader:
         self._index_bytes = self.shard_rows * self._bands * 16 + 4
         self._tail = "/".join(["0"] * len(self.sample_shape))
         self._indexes: dict[int, tuple[tuple[int, int, int], np.ndarray | None]] = {}
-        # The cores this process may run on (sched_getaffinity is Linux's; elsewhere all).
-        affinity = getattr(os, "sched_getaffinity", None)
-        self._cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+        self._cores = usable_cores()
         # Made on first use: a reader is made per process, and threads do not survive a fork.
         self._pool: ThreadPoolExecutor | None = None
 

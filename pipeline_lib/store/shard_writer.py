@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ from pipeline_lib.store.manifest import (
 )
 from pipeline_lib.store.object_store import join, object_root
 from pipeline_lib.store.shard_encoder import write_shard
+from pipeline_lib.store.shard_reader import usable_cores
 from pipeline_lib.store.store import SampleStore, ensure_capacity, store_lock
 
 log = logging.getLogger(__name__)
@@ -135,8 +137,12 @@ def _stage(store: SampleStore, data: ShardData, claim: ShardClaim) -> StagedShar
     confirm_claim(store.path, data.shard_id, claim.token)
     try:
         ensure_capacity(store, rows.stop)
-        # One whole-shard write per array, no read-modify-write of the file.
-        write_shard(store.arrays(mode="r+"), data.shard_id, (data.images, data.labels))
+        # One whole-shard write per array, no read-modify-write of the file; the checksums
+        # are taken on the same threads while the chunks encode.
+        with ThreadPoolExecutor(usable_cores(), "shard-stage") as pool:
+            digests = pool.map(lambda i: (sha256(data.labels[i]), sha256(data.images[i])), range(n))
+            write_shard(store.arrays(mode="r+"), data.shard_id, (data.images, data.labels), pool)
+            digests = list(digests)
         _sync_shard_data(store, data.shard_id)
     except OSError as error:
         refused = refused_write(error, store.path, f"shard {data.shard_id}'s arrays")
@@ -156,8 +162,8 @@ def _stage(store: SampleStore, data: ShardData, claim: ShardClaim) -> StagedShar
             index=rows.start + i,
             height=store.height,
             width=store.width,
-            label_sha256=sha256(data.labels[i]),
-            image_sha256=sha256(data.images[i]),
+            label_sha256=digests[i][0],
+            image_sha256=digests[i][1],
             **{c: float(counts[v + 1] / labelled) for v, c in enumerate(FRACTION_COLUMNS)},
         )
         records.append(record)
