@@ -23,6 +23,7 @@ mmseg, Prefect) and the server start happen before any timing and are reported a
 
     python -m bench.flow_vs_library --flow-rounds 3
     python -m bench.flow_vs_library --flow-rounds 2 --scale 25
+    python -m bench.flow_vs_library --database-url postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def library_factory(config) -> int:
 # ------------------------------------------------------------------ the measuring child
 
 
-def child(out: Path, workdir: Path, rounds: int, scale: int) -> None:
+def child(out: Path, workdir: Path, rounds: int, scale: int, database_url: str | None) -> None:
     """Runs in its own process (a fresh Prefect home and settings): every timed run."""
     from pipeline_lib.config import config_from_dict
 
@@ -175,7 +176,7 @@ def child(out: Path, workdir: Path, rounds: int, scale: int) -> None:
     # Untimed: the first library run pays lazy imports and first-call set-up for both ways.
     warm_up_s = library("warm-up")
     start = time.perf_counter()
-    with local_server(workdir / "prefect-home"):
+    with local_server(workdir / "prefect-home", database_url=database_url):
         server_s = time.perf_counter() - start
         for r in range(rounds):
             ways = [("library", library), ("flow", flow)]
@@ -211,6 +212,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", f"bench.{NAME}", "--child", str(workdir)]
     command += ["--flow-rounds", str(args.flow_rounds), "--scale", str(args.scale)]
+    if args.database_url:
+        command += ["--database-url", args.database_url]
     with open(log, "wb") as sink:
         done = subprocess.run(command, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
     if done.returncode != 0 or not out.is_file():
@@ -257,6 +260,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="multiply the minimal config's training steps, samples and segmenter "
         "iterations, same tasks (default 1)",
     )
+    parser.add_argument(
+        "--database-url",
+        help="the local server's database, e.g. postgresql+asyncpg://user:password@host:port/db "
+        "(default: SQLite under a throw-away PREFECT_HOME)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -273,7 +281,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raw = results["raw"]
     print(
         f"factory flow vs library calls: minimal config (every stage) x{args.scale} work, "
-        f"{args.flow_rounds} round(s), {raw['torch_threads']} torch thread(s)"
+        f"{args.flow_rounds} round(s), {raw['torch_threads']} torch thread(s), server on "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}"
     )
     print(table(results))
     print(
@@ -284,6 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     parameters = {
         "rounds": args.flow_rounds,
         "scale": args.scale,
+        "database": "postgresql" if args.database_url else "sqlite",
         "config": minimal_config(Path("WORK_DIR"), args.scale),
     }
     write_results(NAME, parameters, results)
@@ -296,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        child(args.child / "raw.json", args.child, args.flow_rounds, args.scale)
+        child(args.child / "raw.json", args.child, args.flow_rounds, args.scale, args.database_url)
         return
     run(args)
 
