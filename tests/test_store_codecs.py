@@ -234,3 +234,15 @@ def test_a_shard_the_store_encodes_itself_is_one_zarr_reads_and_writes_alike(tmp
     with open(shard_file, "rb") as handle:
         offsets = index(0, handle.fileno(), shard_file.stat())[..., 0]
     assert (offsets[[1, 4, 5]] == EMPTY_CHUNK).all() and (offsets[[0, 2, 3]] != EMPTY_CHUNK).all()
+
+
+def test_an_array_whose_codecs_the_store_does_not_encode_itself_is_written_through_zarr(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("pipeline_lib.store.shard_encoder._chunk_encoder", lambda codecs: None)
+    images, labels = landscapes(2)
+    store = commit(tmp_path / "s.zarr", images, labels)
+    got = zarr.open_group(store.path, mode="r")
+    np.testing.assert_array_equal(got["images"][:2], images)
+    np.testing.assert_array_equal(got["labels"][:2], labels)
+    np.testing.assert_array_equal(SampleStore(store.path).read_rows([0, 1])[0], images)

@@ -140,9 +140,9 @@ def _stage(store: SampleStore, data: ShardData, claim: ShardClaim) -> StagedShar
         # One whole-shard write per array, no read-modify-write of the file; the checksums
         # are taken on the same threads while the chunks encode.
         with ThreadPoolExecutor(usable_cores(), "shard-stage") as pool:
-            digests = pool.map(lambda i: (sha256(data.labels[i]), sha256(data.images[i])), range(n))
+            hashing = pool.map(lambda i: (sha256(data.labels[i]), sha256(data.images[i])), range(n))
             write_shard(store.arrays(mode="r+"), data.shard_id, (data.images, data.labels), pool)
-            digests = list(digests)
+            digests = list(hashing)
         _sync_shard_data(store, data.shard_id)
     except OSError as error:
         refused = refused_write(error, store.path, f"shard {data.shard_id}'s arrays")
