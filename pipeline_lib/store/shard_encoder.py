@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
@@ -23,14 +22,13 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from pipeline_lib.store.codecs import _ImageSerializer
-from pipeline_lib.store.shard_reader import EMPTY_CHUNK, store_sharding
+from pipeline_lib.store.shard_reader import EMPTY_CHUNK, crc32c_bytes, store_sharding
 
 Encode = Callable[[np.ndarray], bytes]
 
 
 def _with_crc32c(data: bytes) -> bytes:
-    # zarr's crc32c codec appends the checksum as a native uint32, as this does.
-    return data + np.uint32(google_crc32c.value(data)).tobytes()
+    return data + crc32c_bytes(data)
 
 
 def _chunk_encoder(codecs: tuple) -> Encode | None:

@@ -31,9 +31,14 @@ EMPTY_CHUNK = 2**64 - 1
 Decode = Callable[[bytes], np.ndarray]
 
 
+def crc32c_bytes(data: bytes) -> bytes:
+    """The 4 bytes zarr's crc32c codec appends to ``data`` (the checksum as a native uint32)."""
+    return np.uint32(google_crc32c.value(data)).tobytes()
+
+
 def _check_crc32c(data: bytes, where: str) -> bytes:
     body, stored = data[:-4], data[-4:]
-    if np.uint32(google_crc32c.value(body)).tobytes() != stored:
+    if crc32c_bytes(body) != stored:
         raise ValueError(f"{where}: crc32c checksum mismatch")
     return body
 
