@@ -279,10 +279,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.copy(log, RESULTS_DIR / f"{NAME}.log")
         shutil.rmtree(workdir, ignore_errors=True)
     raw = results["raw"]
+    database = "postgresql" if args.database_url else "sqlite"
     print(
         f"factory flow vs library calls: minimal config (every stage) x{args.scale} work, "
         f"{args.flow_rounds} round(s), {raw['torch_threads']} torch thread(s), server on "
-        f"{'PostgreSQL' if args.database_url else 'SQLite'}"
+        f"{database}"
     )
     print(table(results))
     print(
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     parameters = {
         "rounds": args.flow_rounds,
         "scale": args.scale,
-        "database": "postgresql" if args.database_url else "sqlite",
+        "database": database,
         "config": minimal_config(Path("WORK_DIR"), args.scale),
     }
     write_results(NAME, parameters, results)
