@@ -1,8 +1,9 @@
 """Label sampler settings against label fidelity, on a config's trained label model.
 
-For each combination of label scheduler, step count, guidance scale and time shift, the factory's
-``Generator`` draws the same ``--samples`` labels (the attempts of shard 0, so every setting
-sees the same seeds and prompts) and scores them as generation does: the share of pixels
+For each combination of label scheduler, step count, guidance scale, time shift and the
+timestep below which it applies, the factory's ``Generator`` draws the same ``--samples``
+labels (the attempts of shard 0, so every setting sees the same seeds and prompts) and
+scores them as generation does: the share of pixels
 off-palette before snapping (mean and p95), the share QA would reject, the class-fraction
 total-variation distance of the snapped maps against the Train split, classes per map, and
 labels per second. Nothing is written to a store. It needs the config's trained models
@@ -10,6 +11,7 @@ labels per second. Nothing is written to a store. It needs the config's trained 
 ``lfactory quality``), so ``make bench`` does not run it.
 
     python -m bench.label_sampling configs/quality.yaml --steps 50 100 --guidance 1 2
+    python -m bench.label_sampling configs/quality.yaml --time-shifts 0 400 --shift-below 300 1000
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         "--time-shifts", type=int, nargs="+", help="label_time_shift values (training steps)"
     )
     parser.add_argument(
+        "--shift-below",
+        type=int,
+        nargs="+",
+        help="label_time_shift_below values: shift only the steps under this timestep",
+    )
+    parser.add_argument(
         "--schedulers", nargs="+", choices=list(SCHEDULER_CLASSES), help="label schedulers"
     )
     parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
@@ -85,11 +93,13 @@ def main(argv: list[str] | None = None) -> None:
             "label_steps": steps,
             "label_guidance": guidance,
             "label_time_shift": shift,
+            "label_time_shift_below": below,
         }
         for scheduler in args.schedulers or [gen.label_scheduler or gen.scheduler]
         for steps in args.steps or [gen.label_steps]
         for guidance in args.guidance or [gen.label_guidance]
         for shift in args.time_shifts or [gen.label_time_shift]
+        for below in args.shift_below or [gen.label_time_shift_below]
     ]
     rows = []
     for setting in tqdm(settings, desc="label settings", unit="setting"):

@@ -284,7 +284,7 @@ class QAConfig(Section):
 
 
 class GenerationConfig(Section):
-    _later_fields: ClassVar[tuple[str, ...]] = ("label_time_shift",)
+    _later_fields: ClassVar[tuple[str, ...]] = ("label_time_shift", "label_time_shift_below")
 
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = ""
@@ -304,6 +304,13 @@ class GenerationConfig(Section):
         le=999,
         description="the label model is told a timestep this many training steps later "
         "(noisier) than the sample's: asymmetric time intervals, which sharpen drawn bits",
+    )
+    label_time_shift_below: int = Field(
+        1000,
+        ge=1,
+        le=1000,
+        description="shift only the steps at timesteps below this (1000: every step): the "
+        "last steps sharpen class borders once the noisy ones have drawn the layout",
     )
     image_guidance: float = Field(3.0, ge=0)
     resolution: int = Field(64, ge=8, le=2048)

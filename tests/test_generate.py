@@ -138,6 +138,21 @@ def test_a_label_time_shift_changes_the_drawn_labels_and_regenerates(tmp_path, m
     (rgb, _, _), *_ = Generator(plain).sample_labels([draw])
     (rgb_shifted, _, _), *_ = Generator(shifted).sample_labels([draw])
     assert not np.array_equal(rgb, rgb_shifted)
+    # Shifted below a timestep: the steps at or above it are drawn as without the shift.
+    scheduler = Generator(plain).label_pipe.scheduler
+    scheduler.set_timesteps(plain.generation.label_steps)
+    steps = [int(t) for t in scheduler.timesteps]
+    assert len(steps) > 1
+
+    def tail(below: int) -> np.ndarray:
+        cfg = make_config(
+            tmp_path / f"below-{below}", models, label_time_shift=200, label_time_shift_below=below
+        )
+        return Generator(cfg).sample_labels([draw])[0][0]
+
+    assert np.array_equal(tail(min(steps)), rgb)
+    assert not np.array_equal(tail(max(steps)), rgb)
+    assert not np.array_equal(tail(max(steps)), rgb_shifted)
     # The shard records the shift with its generation config, so replaying draws the same.
     generate_and_commit_shard(shifted, Generator(shifted), 0)
     row = read_manifests(shifted.store.path).to_pylist()[0]

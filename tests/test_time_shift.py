@@ -35,3 +35,14 @@ def test_the_unet_sees_later_timesteps_capped_at_the_last_and_only_inside():
 def test_no_shift_leaves_the_generation_dump_as_before():
     assert "label_time_shift" not in GenerationConfig().model_dump()
     assert GenerationConfig(label_time_shift=20).model_dump()["label_time_shift"] == 20
+
+
+def test_a_shift_below_a_timestep_leaves_the_noisier_steps_as_they_are():
+    unet = Recorder()
+    x = torch.zeros(1)
+    with shifted_timesteps(unet, 100, last=999, below=200):
+        unet(x, 500)
+        unet(x, 199)
+        unet(x, timestep=torch.tensor([950, 200, 150]))
+    assert unet.seen == [500, 299, [950, 200, 250]]
+    assert "label_time_shift_below" not in GenerationConfig(label_time_shift=20).model_dump()

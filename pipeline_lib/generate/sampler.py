@@ -238,7 +238,9 @@ class Generator:
             "generator": [torch.Generator("cpu").manual_seed(d.seed) for d in draws],
         }
         last = self.label_pipe.scheduler.config.num_train_timesteps - 1
-        shift = shifted_timesteps(self.label_pipe.unet, gen.label_time_shift, last)
+        shift = shifted_timesteps(
+            self.label_pipe.unet, gen.label_time_shift, last, gen.label_time_shift_below
+        )
         with self.precision(), shift:
             if isinstance(self.label_pipe, SelfConditionedLabelPipeline):
                 out = self.label_pipe(**call)

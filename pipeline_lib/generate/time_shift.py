@@ -17,17 +17,20 @@ import torch
 
 
 @contextmanager
-def shifted_timesteps(unet: torch.nn.Module, shift: int, last: int = 999) -> Iterator[None]:
-    """While open, ``unet`` sees each timestep plus ``shift`` (at most ``last``)."""
+def shifted_timesteps(
+    unet: torch.nn.Module, shift: int, last: int = 999, below: int = 1000
+) -> Iterator[None]:
+    """While open, ``unet`` sees each timestep under ``below`` plus ``shift`` (at most
+    ``last``); later timesteps as they are."""
     if not shift:
         yield
         return
 
     def later(_: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
         if len(args) > 1:
-            args = (args[0], _shift(args[1], shift, last), *args[2:])
+            args = (args[0], _shift(args[1], shift, last, below), *args[2:])
         else:
-            kwargs = {**kwargs, "timestep": _shift(kwargs["timestep"], shift, last)}
+            kwargs = {**kwargs, "timestep": _shift(kwargs["timestep"], shift, last, below)}
         return args, kwargs
 
     handle = unet.register_forward_pre_hook(later, with_kwargs=True)
@@ -37,7 +40,7 @@ def shifted_timesteps(unet: torch.nn.Module, shift: int, last: int = 999) -> Ite
         handle.remove()
 
 
-def _shift(timestep: Any, shift: int, last: int) -> Any:
+def _shift(timestep: Any, shift: int, last: int, below: int) -> Any:
     if isinstance(timestep, torch.Tensor):
-        return (timestep + shift).clamp(max=last)
-    return min(timestep + shift, last)
+        return torch.where(timestep < below, (timestep + shift).clamp(max=last), timestep)
+    return min(timestep + shift, last) if timestep < below else timestep
