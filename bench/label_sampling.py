@@ -3,12 +3,11 @@
 For each combination of label scheduler, step count, guidance scale, time shift and the
 timestep below which it applies, the factory's ``Generator`` draws the same ``--samples``
 labels (the attempts of shard 0, so every setting sees the same seeds and prompts) and
-scores them as generation does: the share of pixels
-off-palette before snapping (mean and p95), the share QA would reject, the class-fraction
-total-variation distance of the snapped maps against the Train split, classes per map, and
-labels per second. Nothing is written to a store. It needs the config's trained models
-(the label model at least: ``lfactory train base`` and ``label-lora``, or
-``lfactory quality``), so ``make bench`` does not run it.
+scores them as generation does: the share of pixels off-palette before snapping (mean and
+p95), the share QA would reject, the class-fraction total-variation distance of the snapped
+maps against the Train split, classes per map, and labels per second. Nothing is written
+to a store. It needs the config's trained models (the label model at least: ``lfactory
+train base`` and ``label-lora``, or ``lfactory quality``), so ``make bench`` does not run it.
 
     python -m bench.label_sampling configs/quality.yaml --steps 50 100 --guidance 1 2
     python -m bench.label_sampling configs/quality.yaml --time-shifts 0 400 --shift-below 300 1000

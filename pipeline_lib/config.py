@@ -309,8 +309,8 @@ class GenerationConfig(Section):
         1000,
         ge=1,
         le=1000,
-        description="shift only the steps at timesteps below this (1000: every step): the "
-        "last steps sharpen class borders once the noisy ones have drawn the layout",
+        description="shift only the steps at timesteps below this (1000: every step), "
+        "leaving the noisy steps that draw the layout as the model learnt them",
     )
     image_guidance: float = Field(3.0, ge=0)
     resolution: int = Field(64, ge=8, le=2048)
