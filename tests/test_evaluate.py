@@ -61,6 +61,25 @@ def test_evaluating_on_the_training_eval_set_reproduces_the_validation_report(tr
 
 
 @pytest.mark.slow
+def test_a_row_averaged_over_seeds_is_scored_again_with_every_seed(tmp_path, one_torch_thread):
+    from pipeline_lib.validate import run_validation
+    from pipeline_lib.validate.evaluate import evaluate_run
+
+    ori = make_tiny_loveda(tmp_path / "ori", 2)
+    step = tmp_path / "validation" / "all"
+    (row,) = run_validation({"Ori.": [ori]}, ori, tiny_config(repeats=2), step, progress=False).rows
+    moved = tmp_path / "moved" / "all"
+    shutil.move(step, moved)
+
+    (again,) = evaluate_run(moved, ori, device="cpu", progress=False).rows
+
+    assert len(row.seed_work_dirs) == 2 and row.seed_work_dirs[0] == row.work_dir
+    assert again.seed_miou == pytest.approx(row.seed_miou, nan_ok=True)
+    assert again.miou == pytest.approx(row.miou, nan_ok=True)
+    assert [Path(d).parent for d in again.seed_work_dirs] == [moved, moved]
+
+
+@pytest.mark.slow
 def test_cli_evaluate_scores_a_moved_run_on_another_folder(
     trained_step, tmp_path, monkeypatch, capsys
 ):

@@ -65,9 +65,9 @@ class AgreementSegmenter:
 def _step_segmenter(step: Path) -> AgreementSegmenter | None:
     from pipeline_lib.validate.evaluate import trained_segmenters
 
-    for trained in trained_segmenters(step):
-        if trained.result.data_name == ORI:
-            return AgreementSegmenter(trained.checkpoint, trained.cfg)
+    for first, *_ in trained_segmenters(step):
+        if first.result.data_name == ORI:
+            return AgreementSegmenter(first.checkpoint, first.cfg)
     return None
 
 

@@ -38,6 +38,8 @@ class ValidationResult:
     slide: bool = False  # predicted in crop-sized windows (absent from older result.json)
     # mIoU of each seed's model when the row is their mean (validation.repeats); else empty.
     seed_miou: tuple[float, ...] = ()
+    # and the folder of each seed's model, so that it can be scored again (lfactory evaluate)
+    seed_work_dirs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -54,13 +56,15 @@ class ValidationResult:
         data["miou"] = _none_to_nan(data["miou"])
         data["seconds_per_iter"] = _none_to_nan(data["seconds_per_iter"])
         data["seed_miou"] = tuple(_none_to_nan(m) for m in data.get("seed_miou", ()))
+        data["seed_work_dirs"] = tuple(data.get("seed_work_dirs", ()))
         return cls(**data)
 
 
 def mean_over_seeds(runs: Sequence[ValidationResult]) -> ValidationResult:
     """One row from models trained on the same data with different seeds: the mean of their
     scores and the sum of their training time. Checkpoint, work dir and seed stay the first
-    seed's, the model that later steps (consistency, the agreement filter) use."""
+    seed's, the model that later steps (consistency, the agreement filter) use; every seed's
+    work dir is kept in ``seed_work_dirs``."""
     first = runs[0]
     if len(runs) == 1:
         return first
@@ -74,6 +78,7 @@ def mean_over_seeds(runs: Sequence[ValidationResult]) -> ValidationResult:
         train_seconds=round(sum(r.train_seconds for r in runs), 3),
         seconds_per_iter=mean(r.seconds_per_iter for r in runs),
         seed_miou=tuple(r.miou for r in runs),
+        seed_work_dirs=tuple(r.work_dir for r in runs),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from pipeline_lib.config import ValidationConfig
 from pipeline_lib.errors import CheckpointError, ConfigError, DataError
-from pipeline_lib.report.results import ValidationReport, ValidationResult
+from pipeline_lib.report.results import ValidationReport, ValidationResult, mean_over_seeds
 from pipeline_lib.validate import mmseg_data, runner
 from pipeline_lib.validate.experiment import RESULT_FILE, VALIDATION_FILE, assemble_report, slug
 from pipeline_lib.validate.mask2former_configs import model_config
@@ -28,6 +29,8 @@ from pipeline_lib.validate.steps import REPORT_FILE
 
 EVAL_DIR = "eval"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+log = logging.getLogger(__name__)
 
 
 def load_segmenter(cfg: ValidationConfig, checkpoint: Path) -> Any:
@@ -127,12 +130,14 @@ class TrainedSegmenter:
     checkpoint: Path
 
 
-def trained_segmenters(run_dir: str | Path) -> list[TrainedSegmenter]:
-    """The segmenters a finished validation step folder trained, in its report's row order.
+def trained_segmenters(run_dir: str | Path) -> list[tuple[TrainedSegmenter, ...]]:
+    """The segmenters a finished validation step folder trained, in its report's row order:
+    per row, the model of each seed the row is the mean of (``validation.repeats``; one
+    model otherwise), the first seed first.
 
-    The report is the step's record of completion; each row's folder must still hold
-    result.json, validation.json and the checkpoint (looked up inside the folder, so a run
-    folder that was moved still works).
+    The report is the step's record of completion; each model's folder must still hold
+    result.json, validation.json and the checkpoint (looked up inside the step folder, so a
+    run folder that was moved still works).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -147,13 +152,27 @@ def trained_segmenters(run_dir: str | Path) -> list[TrainedSegmenter]:
             "folder of a validation or quality run that completed"
         )
     try:
-        rows = json.loads(report_path.read_text())["rows"]
-        folders = [run_dir / Path(row["work_dir"]).name for row in rows]
+        report = json.loads(report_path.read_text())
+        rows = [ValidationResult.from_json(row) for row in report["rows"]]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DataError(f"{report_path}: not a validation report ({error!r})") from None
-    if not folders:
+    if not rows:
         raise DataError(f"{report_path}: the report has no rows")
-    return [_trained_segmenter(folder) for folder in folders]
+    return [_row_segmenters(run_dir, row) for row in rows]
+
+
+def _row_segmenters(run_dir: Path, row: ValidationResult) -> tuple[TrainedSegmenter, ...]:
+    work_dirs = row.seed_work_dirs or (row.work_dir,)
+    if len(row.seed_miou) > 1 and not row.seed_work_dirs:
+        log.warning(
+            "%s: the report's row %r is the mean of %d seeds but names only the first seed's "
+            "model (written before seed folders were recorded): scoring seed %d alone",
+            run_dir,
+            row.data_name,
+            len(row.seed_miou),
+            row.seed,
+        )
+    return tuple(_trained_segmenter(run_dir / Path(d).name) for d in work_dirs)
 
 
 def _trained_segmenter(folder: Path) -> TrainedSegmenter:
@@ -209,29 +228,39 @@ def evaluate_run(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
-    for segmenter in trained:
-        cfg = segmenter.cfg if slide is None else segmenter.cfg.model_copy(update={"slide": slide})
-        scores = score_checkpoint(
-            cfg,
-            segmenter.checkpoint,
-            eval_root,
-            run_dir / "data-cache",
-            progress,
-            device,
+    rows = [
+        mean_over_seeds(
+            [
+                _rescore(segmenter, eval_root, run_dir / "data-cache", slide, progress, device)
+                for segmenter in seeds
+            ]
         )
-        rows.append(
-            dataclasses.replace(
-                segmenter.result,
-                eval_samples=scores.samples,
-                eval_root=str(eval_root),
-                eval_split=mmseg_data.VAL,
-                iou=runner.iou_by_class(scores.iou),
-                miou=mean_iou(scores.iou),
-                pixel_accuracy=pixel_accuracy(scores.confusion),
-                mmseg_miou=scores.mmseg_miou,
-                checkpoint=str(segmenter.checkpoint),
-                slide=cfg.slide,
-            )
-        )
+        for seeds in trained
+    ]
     return assemble_report(rows, run_dir / EVAL_DIR / name)
+
+
+def _rescore(
+    segmenter: TrainedSegmenter,
+    eval_root: Path,
+    cache_dir: Path,
+    slide: bool | None,
+    progress: bool,
+    device: str,
+) -> ValidationResult:
+    """The segmenter's result row, scored on ``eval_root``'s Val instead."""
+    cfg = segmenter.cfg if slide is None else segmenter.cfg.model_copy(update={"slide": slide})
+    scores = score_checkpoint(cfg, segmenter.checkpoint, eval_root, cache_dir, progress, device)
+    return dataclasses.replace(
+        segmenter.result,
+        eval_samples=scores.samples,
+        eval_root=str(eval_root),
+        eval_split=mmseg_data.VAL,
+        iou=runner.iou_by_class(scores.iou),
+        miou=mean_iou(scores.iou),
+        pixel_accuracy=pixel_accuracy(scores.confusion),
+        mmseg_miou=scores.mmseg_miou,
+        checkpoint=str(segmenter.checkpoint),
+        work_dir=str(segmenter.checkpoint.parent),
+        slide=cfg.slide,
+    )
