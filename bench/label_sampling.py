@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
             "label_steps": steps,
             "label_guidance": guidance,
             "label_time_shift": shift,
-            "label_time_shift_below": below,
+            # Without a shift the threshold changes nothing: one row, not one per threshold.
+            "label_time_shift_below": below if shift else gen.label_time_shift_below,
         }
         for scheduler in args.schedulers or [gen.label_scheduler or gen.scheduler]
         for steps in args.steps or [gen.label_steps]
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         for shift in args.time_shifts or [gen.label_time_shift]
         for below in args.shift_below or [gen.label_time_shift_below]
     ]
+    settings = list({tuple(s.items()): s for s in settings}.values())
     rows = []
     for setting in tqdm(settings, desc="label settings", unit="setting"):
         update = {"generation": gen.model_copy(update=setting)}

@@ -18,7 +18,7 @@ from bench import label_sampling  # noqa: E402
 
 
 @pytest.mark.slow
-def test_each_sampler_setting_gets_a_row_of_label_fidelity(tmp_path, one_torch_thread, capsys):
+def test_each_sampler_setting_gets_one_row_of_label_fidelity(tmp_path, one_torch_thread, capsys):
     from pipeline_lib.config import load_config
     from pipeline_lib.train import train_label_lora
 
@@ -36,9 +36,16 @@ def test_each_sampler_setting_gets_a_row_of_label_fidelity(tmp_path, one_torch_t
     train_label_lora(load_config(config), progress=False)
     out = tmp_path / "label_sampling.json"
     settings = ["--samples", "2", "--steps", "1", "2", "--guidance", "1", "--threads", "1"]
-    label_sampling.main([str(config), *settings, "--out", str(out)])
+    shifts = ["--time-shifts", "0", "10", "--shift-below", "500", "1000"]
+    label_sampling.main([str(config), *settings, *shifts, "--out", str(out)])
     rows = json.loads(out.read_text())["results"]["rows"]
-    assert [(r["label_steps"], r["label_guidance"]) for r in rows] == [(1, 1.0), (2, 1.0)]
+    # A shift of 0 is one row, whatever the thresholds: it draws the same labels under each.
+    keys = ("label_steps", "label_time_shift", "label_time_shift_below")
+    assert [tuple(r[k] for k in keys) for r in rows] == [
+        (steps, shift, below)
+        for steps in (1, 2)
+        for shift, below in ((0, 1000), (10, 500), (10, 1000))
+    ]
     for row in rows:
         assert 0 <= row["off_palette_mean"] <= row["off_palette_p95"] <= 1
         assert 0 <= row["class_fraction_tv"] <= 1 and row["labels_per_s"] > 0
