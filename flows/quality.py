@@ -25,15 +25,17 @@ def quality(config: FactoryConfig) -> QualityReport:
     for name, summary in train_models(config).items():
         seconds[f"train {name} (when trained)"] = summary.wall_time_s if summary else 0.0
     seconds["train (this run)"] = time.perf_counter() - began
-    # Counts the Train pixels that train_models prepared; names the store after the models.
-    config = for_current_models(matching_quota(config))
+    # Counts the Train pixels that train_models prepared.
+    config = matching_quota(config)
 
     began = time.perf_counter()
-    # Ori. first: the agreement filter (when on) and the consistency score both use it.
+    # Ori. first: the agreement filter (when on) and the consistency score both use it. It
+    # depends on Train and the validation settings only, so it is trained outside the
+    # store's folder and serves every store that retrained generators draw.
     ori = validate_original(config, quota_step=config.quota.samples)
-    config = filtered_by(config, ori.checkpoint)
+    config = filtered_by(for_current_models(config), ori.checkpoint)
     generate_shards(config, validate=False)
-    validation = validate_dataset(config, quota_step=config.quota.samples)
+    validation = validate_dataset(config, quota_step=config.quota.samples, trained=[ori])
     seconds["generate + validate (this run)"] = time.perf_counter() - began
     for row in validation.rows:
         seconds[f"validate {row.data_name} (when trained)"] = row.train_seconds

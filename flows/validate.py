@@ -3,6 +3,8 @@ research's table."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prefect import flow
 
 from pipeline_lib.choices import DATA_LABELS
@@ -21,12 +23,21 @@ def validation_deployment(config: FactoryConfig) -> str:
 
 
 @flow(name="validate-dataset")
-def validate_dataset(config: FactoryConfig, quota_step: int | None = None) -> ValidationReport:
-    """``quota_step`` limits Gen. to the store's first that-many samples (None: all of them)."""
+def validate_dataset(
+    config: FactoryConfig,
+    quota_step: int | None = None,
+    trained: Sequence[ValidationResult] = (),
+) -> ValidationReport:
+    """``quota_step`` limits Gen. to the store's first that-many samples (None: all of them).
+    ``trained``: rows already validated elsewhere (by data name), reported as they are."""
     work_dir = step_dir(config.validation.output, quota_step)
+    done = {row.data_name: row for row in trained}
     sources = gather_sources(config, quota_step)
     validate = configured(validate_data, config)
-    results = [validate(config, name, folders, work_dir) for name, folders in sources.items()]
+    results = [
+        done[name] if name in done else validate(config, name, folders, work_dir)
+        for name, folders in sources.items()
+    ]
     report = write_report(results, work_dir, config.validation.mix_ratios)
     uses_gen = bool(config.validation.mix_ratios) or any(
         d in ("gen", "both") for d in config.validation.data

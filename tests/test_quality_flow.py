@@ -96,3 +96,38 @@ def test_a_second_quality_run_repeats_no_stage(quality_run):
         new = _task_runs_since(client, since)
     worked = {(r.name, r.state.name) for r in new if not r.name.startswith(REPORT_TASKS + SUBFLOWS)}
     assert worked and {state for _, state in worked} == {"Cached"}, worked
+
+
+def test_new_generation_settings_draw_a_new_store_and_keep_the_ori_model(quality_run):
+    from prefect.client.orchestration import get_client
+
+    from flows.quality import quality
+    from pipeline_lib.validate.evaluate import trained_segmenters
+
+    config, _ = quality_run
+    before = {r["data_name"]: r for r in _report_rows(config)}
+    generation = config.generation.model_copy(update={"seed": config.generation.seed + 1})
+    since = datetime.now(UTC)
+    state = quality(config.model_copy(update={"generation": generation}), return_state=True)
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        segmenters = [
+            r.state.name
+            for r in _task_runs_since(client, since)
+            if r.name.startswith("validate-data-")
+        ]
+    after = {r["data_name"]: r for r in _report_rows(config)}
+
+    assert len(list(config.work_dir.glob("store-*.zarr"))) == 2
+    # Ori. is trained on Train alone: the new store's report reuses it; Gen. rows retrain.
+    assert sorted(segmenters) == ["Cached", "Completed", "Completed"], segmenters
+    assert after["Ori."]["checkpoint"] == before["Ori."]["checkpoint"]
+    assert after["Gen."]["checkpoint"] != before["Gen."]["checkpoint"]
+    # lfactory evaluate finds the Ori. model outside the new step folder.
+    (step,) = Path(after["Gen."]["work_dir"]).parent.glob("report.json")
+    ori = next(s for (s,) in trained_segmenters(step.parent) if s.result.data_name == "Ori.")
+    assert str(ori.checkpoint) == before["Ori."]["checkpoint"]
+
+
+def _report_rows(config) -> list[dict]:
+    return json.loads((config.work_dir / "quality.json").read_text())["table"]["rows"]

@@ -137,3 +137,18 @@ def test_without_targets_or_duplicate_check_every_passing_label_is_kept_in_order
     table = read_manifests(cfg.store.path)
     assert table["attempt"].to_pylist() == [0, 1, 2, 3]
     assert table["dup_distance"].null_count == 4
+
+
+def test_targets_the_label_model_cannot_reach_are_warned_of_by_name(tmp_path, caplog):
+    # banded_label draws no agriculture: no choice among draws brings the store near 0.4.
+    cfg = stub_config(tmp_path / "far", class_targets={"agriculture": 0.4}, target_oversample=2)
+    with caplog.at_level("WARNING", logger="pipeline_lib.generate.sampler"):
+        fill(cfg, 1)
+    (warning,) = [r.getMessage() for r in caplog.records if "class_targets" in r.getMessage()]
+    assert "agriculture at 0.000, generation.class_targets asks for 0.400" in warning
+
+    caplog.clear()
+    near = stub_config(tmp_path / "near", class_targets=TARGETS, target_oversample=8)
+    with caplog.at_level("WARNING", logger="pipeline_lib.generate.sampler"):
+        fill(near, 1)
+    assert not [r for r in caplog.records if "class_targets" in r.getMessage()]

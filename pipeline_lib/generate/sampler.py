@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 SCHEDULERS = {name: getattr(diffusers, cls) for name, cls in SCHEDULER_CLASSES.items()}
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 NO_LORA = "none"
+# A class share this far from its target after a shard means the target is out of reach.
+TARGET_GAP_WARNING = 0.1
 
 
 def resolve_device(device: str) -> torch.device:
@@ -409,6 +411,17 @@ class Generator:
                 len(kept),
                 n,
                 attempts,
+            )
+        furthest = steering.furthest() if steering is not None else None
+        if furthest and abs(furthest[1] - furthest[2]) > TARGET_GAP_WARNING:
+            log.warning(
+                "shard %d: after it the store holds %s at %.3f, generation.class_targets "
+                "asks for %.3f: the label model seldom draws the mix asked for, and choosing "
+                "one of %d draws cannot make it; raise generation.target_oversample or train "
+                "the label model on that class mix",
+                shard_id,
+                *furthest,
+                oversample,
             )
         res = gen.resolution
         return ShardData(

@@ -136,8 +136,7 @@ def trained_segmenters(run_dir: str | Path) -> list[tuple[TrainedSegmenter, ...]
     model otherwise), the first seed first.
 
     The report is the step's record of completion; each model's folder must still hold
-    result.json, validation.json and the checkpoint (looked up inside the step folder, so a
-    run folder that was moved still works).
+    result.json, validation.json and the checkpoint.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -172,7 +171,15 @@ def _row_segmenters(run_dir: Path, row: ValidationResult) -> tuple[TrainedSegmen
             len(row.seed_miou),
             row.seed,
         )
-    return tuple(_trained_segmenter(run_dir / Path(d).name) for d in work_dirs)
+    return tuple(_trained_segmenter(_model_folder(run_dir, Path(d))) for d in work_dirs)
+
+
+def _model_folder(run_dir: Path, recorded: Path) -> Path:
+    """A row's model folder: inside the step folder when it is there (so a run folder that
+    was moved still works), else where the report recorded it (a quality run's Ori. model,
+    trained once for every store)."""
+    inside = run_dir / recorded.name
+    return inside if inside.is_dir() or not recorded.is_dir() else recorded
 
 
 def _trained_segmenter(folder: Path) -> TrainedSegmenter:
