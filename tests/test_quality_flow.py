@@ -124,8 +124,8 @@ def test_new_generation_settings_draw_a_new_store_and_keep_the_ori_model(quality
     assert after["Ori."]["checkpoint"] == before["Ori."]["checkpoint"]
     assert after["Gen."]["checkpoint"] != before["Gen."]["checkpoint"]
     # lfactory evaluate finds the Ori. model outside the new step folder.
-    (step,) = Path(after["Gen."]["work_dir"]).parent.glob("report.json")
-    ori = next(s for (s,) in trained_segmenters(step.parent) if s.result.data_name == "Ori.")
+    step = Path(after["Gen."]["work_dir"]).parent
+    ori = next(s for (s,) in trained_segmenters(step) if s.result.data_name == "Ori.")
     assert str(ori.checkpoint) == before["Ori."]["checkpoint"]
 
 

@@ -65,13 +65,9 @@ class ClassSteering:
         shares = (self.sums[self._classes] + fractions[self._classes]) / (self.count + 1)
         return float(((shares - self._wanted) ** 2).sum())
 
-    def shares(self) -> np.ndarray:
-        """The store's share of each targeted class (targets order)."""
-        return self.sums[self._classes] / max(self.count, 1)
-
     def furthest(self) -> tuple[str, float, float]:
         """The targeted class furthest from its target: name, store share, target."""
-        shares = self.shares()
+        shares = self.sums[self._classes] / max(self.count, 1)
         worst = int(np.argmax(np.abs(shares - self._wanted)))
         return list(self.targets)[worst], float(shares[worst]), float(self._wanted[worst])
 
