@@ -48,8 +48,9 @@ def validate_dataset(
 
 
 def validate_original(config: FactoryConfig, quota_step: int | None = None) -> ValidationResult:
-    """The Ori. row of ``validate_dataset(config, quota_step)`` trained ahead of it (which
-    then finds it cached): for the steps that need it before anything is generated."""
+    """The Ori. row of ``validate_dataset(config, quota_step)`` trained ahead of it, for the
+    steps that need it before anything is generated: pass it to ``validate_dataset`` as
+    ``trained`` (with the same config it would also find it cached)."""
     work_dir = step_dir(config.validation.output, quota_step)
     # Without the mixing rows, which need generated samples; the row's cache key omits them.
     alone = config.validation.model_copy(update={"mix_ratios": []})

@@ -76,8 +76,7 @@ def test_a_quality_run_publishes_its_validation_once(quality_run):
 
 def test_a_quality_run_trains_ori_before_it_generates(quality_run):
     config, _ = quality_run
-    rows = json.loads((config.work_dir / "quality.json").read_text())["table"]["rows"]
-    ori = Path(next(r["checkpoint"] for r in rows if r["data_name"] == "Ori."))
+    ori = Path(next(r["checkpoint"] for r in _report_rows(config) if r["data_name"] == "Ori."))
     manifests = list(config.work_dir.glob("store-*.zarr/manifests/shard-*.parquet"))
     # The agreement filter (when on) and the consistency score need it before any draw.
     assert manifests and ori.stat().st_mtime_ns < min(m.stat().st_mtime_ns for m in manifests)
