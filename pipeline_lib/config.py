@@ -153,6 +153,8 @@ class GeneratorTrainConfig(TrainConfig):
 
 
 class LabelLoraConfig(GeneratorTrainConfig):
+    _later_fields: ClassVar[tuple[str, ...]] = ("init_from", "class_mix")
+
     method: Literal["lora", "full"] = Field(
         "lora",
         description="lora: a LoRA on the base UNet (the research's, for real SD); full: the "
@@ -168,6 +170,11 @@ class LabelLoraConfig(GeneratorTrainConfig):
         description="feed the model its own previous estimate of the label beside the noisy "
         "one (self-conditioning, as analog bits do); needs method full",
     )
+    class_mix: bool = Field(
+        False,
+        description="tell the model each training crop's class shares, and sample it with "
+        "shares of Train crops, so that it draws Train's class mix; needs method full",
+    )
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
     target_modules: str | list[str] = Field(
@@ -180,6 +187,8 @@ class LabelLoraConfig(GeneratorTrainConfig):
         # The estimate widens the UNet's input; a LoRA shares the base UNet with the image pass.
         if self.self_condition and self.method != "full":
             raise ValueError("self_condition needs method: full (a LoRA cannot widen the UNet)")
+        if self.class_mix and self.method != "full":
+            raise ValueError("class_mix needs method: full (a LoRA cannot add an embedding)")
         if self.init_from is not None and self.method != "full":
             raise ValueError("init_from needs method: full (it loads a whole label UNet)")
         return self

@@ -135,7 +135,7 @@ def test_a_self_conditioned_label_model_learns_from_its_estimate_and_draws_repro
 ):
     from diffusers import UNet2DConditionModel
 
-    from pipeline_lib.generate.concat_pipeline import SelfConditionedLabelPipeline
+    from pipeline_lib.generate.concat_pipeline import LabelPipeline
     from pipeline_lib.generate.sampler import Generator
     from pipeline_lib.train import train_label_lora
 
@@ -155,7 +155,7 @@ def test_a_self_conditioned_label_model_learns_from_its_estimate_and_draws_repro
     # The estimate's input weights start at zero; they move only if training fed estimates.
     assert unet.conv_in.weight[:, latent:].abs().sum() > 0
     generator = Generator(cfg)
-    assert isinstance(generator.label_pipe, SelfConditionedLabelPipeline)
+    assert isinstance(generator.label_pipe, LabelPipeline)
     draws = [generator.draw(0, a) for a in range(2)]
     first, again = generator.sample_labels(draws), generator.sample_labels(draws)
     assert first[0][1].shape == (32, 32)

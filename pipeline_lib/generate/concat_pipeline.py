@@ -1,11 +1,12 @@
-"""Sampling loops for UNets whose input is wider than the latent (``models.unet_input``).
+"""Sampling loops for UNets that read more than the noisy latent and the prompt.
 
-diffusers has no pipeline for either: its inpainting pipeline expects a mask and a masked
+diffusers has no pipeline for these: its inpainting pipeline expects a mask and a masked
 image. ``LabelConcatPipeline`` draws an image beside the label's class channels, with
 classifier-free guidance on label and prompt together (the unconditional branch sees zero
-class channels and the empty prompt, as in training). ``SelfConditionedLabelPipeline``
-draws a label map, each step reading beside the noisy latent the model's estimate of the
-clean label from the step before (zeros at the first step, as half of training sees).
+class channels and the empty prompt, as in training). ``LabelPipeline`` draws a label map
+with a label UNet that reads its estimate of the clean label from the step before beside
+the noisy latent (zeros at the first step, as half of training sees), a class-mix vector
+(``models.class_mix``), or both.
 """
 
 from __future__ import annotations
@@ -128,12 +129,17 @@ class LabelConcatPipeline(_WideInputPipeline):
         return self._decode(latents)
 
 
-class SelfConditionedLabelPipeline(_WideInputPipeline):
-    """Text to label map; ``unet.config.in_channels`` = twice the latent (latent + estimate)."""
+class LabelPipeline(_WideInputPipeline):
+    """Text to label map for a label UNet that reads more than the noisy latent and text:
+    its previous estimate of the clean label beside the latent (``in_channels`` twice the
+    latent), a class-mix vector (``class_embed_type="projection"``), or both."""
 
     def __init__(self, vae, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler)
-        self._check_input_channels(self.latent_channels, "a self-conditioned label model")
+        self.self_conditioned = unet.config.in_channels != self.latent_channels
+        if self.self_conditioned:
+            self._check_input_channels(self.latent_channels, "a self-conditioned label model")
+        self.mix_conditioned = unet.config.class_embed_type == "projection"
 
     @torch.no_grad()
     def __call__(
@@ -145,26 +151,38 @@ class SelfConditionedLabelPipeline(_WideInputPipeline):
         guidance_scale: float = 1.0,
         generator: list[torch.Generator] | None = None,
         negative_prompt: list[str] | None = None,
+        class_mix: torch.Tensor | None = None,
     ) -> np.ndarray:
-        """(B, H, W, 3) float label maps in [0, 1], one per prompt."""
+        """(B, H, W, 3) float label maps in [0, 1], one per prompt; ``class_mix`` (B, C)
+        is required by a mix-conditioned model, the unconditional branch sees zeros."""
+        if self.mix_conditioned != (class_mix is not None):
+            raise ValueError(
+                "a mix-conditioned label model needs class_mix, and only such a model takes it"
+            )
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         step_kwargs = self._step_kwargs(generator)
         latents = self._noise(len(prompt), height, width, generator)
         guided = guidance_scale > 1
         text = self._text(prompt, negative_prompt, guided)
+        if class_mix is not None:
+            class_mix = class_mix.to(self.device, self.unet.dtype)
+            if guided:
+                class_mix = torch.cat([torch.zeros_like(class_mix), class_mix])
         estimate = torch.zeros_like(latents)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = self.scheduler.scale_model_input(latents, t)
-            model_in = torch.cat([model_in, estimate], 1)
+            if self.self_conditioned:
+                model_in = torch.cat([model_in, estimate], 1)
             if guided:
                 model_in = torch.cat([model_in] * 2)
-            out = self.unet(model_in, t, encoder_hidden_states=text).sample
+            out = self.unet(model_in, t, encoder_hidden_states=text, class_labels=class_mix).sample
             if guided:
                 uncond, conditioned = out.chunk(2)
                 out = uncond + guidance_scale * (conditioned - uncond)
             step = self.scheduler.step(out, t, latents, **step_kwargs)
             latents = step.prev_sample
-            estimate = _clean_estimate(step, self.scheduler)
+            if self.self_conditioned:
+                estimate = _clean_estimate(step, self.scheduler)
         return self._decode(latents)
 
 

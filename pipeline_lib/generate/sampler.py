@@ -33,10 +33,7 @@ from pipeline_lib.data.classes import LABEL_COLOURS
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import CheckpointError
 from pipeline_lib.generate.agreement import DISAGREEMENT, AgreementFilter
-from pipeline_lib.generate.concat_pipeline import (
-    LabelConcatPipeline,
-    SelfConditionedLabelPipeline,
-)
+from pipeline_lib.generate.concat_pipeline import LabelConcatPipeline, LabelPipeline
 from pipeline_lib.generate.duplicates import DuplicateFilter
 from pipeline_lib.generate.qa import LabelQA, score_label
 from pipeline_lib.generate.seeds import image_seed, pick_style, sample_id, sample_seed
@@ -48,6 +45,7 @@ from pipeline_lib.generate.selection import (
     select,
 )
 from pipeline_lib.generate.time_shift import shifted_timesteps
+from pipeline_lib.models.class_mix import draw_mixes, is_mix_conditioned, load_mix_bank
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import CONTROLNET_SUBDIR, load_controlnet, load_sd_components
 from pipeline_lib.models.unet_input import is_self_conditioned
@@ -146,6 +144,7 @@ class Generator:
         lora = Path(cfg.label_lora.output)
         self.lora_hash = NO_LORA
         self.shares_lora = (lora / LORA_WEIGHTS).is_file()  # the image pass must disable it
+        self.mix_bank: np.ndarray | None = None  # a mix-conditioned model's Train mixes
         if self.shares_lora:
             self.label_pipe.load_lora_weights(lora)
             self.lora_hash = model_hash(lora)
@@ -154,8 +153,10 @@ class Generator:
             label_unet = UNet2DConditionModel.from_pretrained(
                 lora, torch_dtype=self.dtype, local_files_only=True
             )
-            if is_self_conditioned(label_unet):
-                self.label_pipe = SelfConditionedLabelPipeline(
+            if is_mix_conditioned(label_unet):
+                self.mix_bank = load_mix_bank(lora)
+            if is_self_conditioned(label_unet) or self.mix_bank is not None:
+                self.label_pipe = LabelPipeline(
                     parts.vae,
                     parts.text_encoder,
                     parts.tokenizer,
@@ -244,7 +245,9 @@ class Generator:
             self.label_pipe.unet, gen.label_time_shift, last, gen.label_time_shift_below
         )
         with self.precision(), shift:
-            if isinstance(self.label_pipe, SelfConditionedLabelPipeline):
+            if isinstance(self.label_pipe, LabelPipeline):
+                if self.mix_bank is not None:
+                    call["class_mix"] = draw_mixes(self.mix_bank, [d.seed for d in draws])
                 out = self.label_pipe(**call)
             else:
                 out = self.label_pipe(**call, output_type="np").images

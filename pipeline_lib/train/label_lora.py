@@ -19,6 +19,7 @@ from peft.utils import get_peft_model_state_dict
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.build import ensure_base_models
+from pipeline_lib.models.class_mix import class_mix, mix_conditioned_unet, save_mix_bank
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import load_sd_components
 from pipeline_lib.models.unet_input import widened_unet
@@ -39,6 +40,8 @@ from pipeline_lib.train.resumable import (
 log = logging.getLogger(__name__)
 
 ADAPTER = "default"
+# Train crops whose class mixes a mix-conditioned model is sampled with.
+MIX_BANK_CROPS = 2048
 
 
 def add_label_lora(unet: torch.nn.Module, cfg: FactoryConfig) -> None:
@@ -90,6 +93,8 @@ def train_label_lora(
     full = lora.method == "full"
     if lora.self_condition:
         sd.unet = widened_unet(sd.unet, sd.unet.config.out_channels)
+    if lora.class_mix:
+        sd.unet = mix_conditioned_unet(sd.unet)
     start = starting_model(lora, "label_lora")
     if start is not None:
         sd.unet = continued_unet(start, sd.unet, "label_lora")
@@ -104,14 +109,22 @@ def train_label_lora(
 
     def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
         noisy, t, text, target = loss.inputs(batch)
+        mix = None
+        if lora.class_mix:
+            # Dropped with the prompt: the unconditional branch of guidance sees no mix.
+            mix = (class_mix(batch.mask) * batch.keep_prompt[:, None]).to(noisy.device)
         if lora.self_condition:
-            noisy = torch.cat([noisy, self_condition_input(batch, noisy, t, text)], 1)
+            noisy = torch.cat([noisy, self_condition_input(batch, noisy, t, text, mix)], 1)
         with accelerator.autocast():
-            prediction = job.model(noisy, t, encoder_hidden_states=text).sample
+            prediction = job.model(noisy, t, encoder_hidden_states=text, class_labels=mix).sample
         return loss.mse(prediction, target)
 
     def self_condition_input(
-        batch: Batch, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor
+        batch: Batch,
+        noisy: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        mix: torch.Tensor | None,
     ) -> torch.Tensor:
         # Half the samples see the model's own estimate from a first, gradient-free pass
         # (Chen et al., analog bits); the others see zeros, as the first sampling step does.
@@ -119,17 +132,25 @@ def train_label_lora(
         coins = loss.self_condition_coins(batch).to(noisy.device)
         if coins.any():
             with torch.no_grad(), accelerator.autocast():
-                first = job.model(torch.cat([noisy, estimate], 1), t, encoder_hidden_states=text)
+                first = job.model(
+                    torch.cat([noisy, estimate], 1), t, encoder_hidden_states=text, class_labels=mix
+                )
             guess = loss.predicted_sample(noisy, t, first.sample).to(noisy.dtype)
             estimate = torch.where(coins[:, None, None, None], guess, estimate)
         return estimate
+
+    def save_final(output: Path) -> None:
+        save_label_model(accelerator.unwrap_model(job.model), output, full)
+        if lora.class_mix:
+            steps = range(MIX_BANK_CROPS // loss.batch_size)
+            save_mix_bank(output, class_mix(torch.cat([loss.batch(s, 0).mask for s in steps])))
 
     job = TrainJob(
         kind="label-lora",
         model=sd.unet,
         batch=loss.batch,
         loss=step_loss,
-        save_final=lambda out: save_label_model(accelerator.unwrap_model(job.model), out, full),
+        save_final=save_final,
         samples_per_step=effective_batch(lora),
         config_hash=train_section_hash(lora, training_prompt(cfg)),
         base_model_hash=model_hash(base),

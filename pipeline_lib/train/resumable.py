@@ -216,6 +216,12 @@ def starting_model(train: GeneratorTrainConfig, section: str) -> Path | None:
 def continued_unet(start: Path, fresh: torch.nn.Module, section: str) -> UNet2DConditionModel:
     """The UNet saved at ``start``, which must have the input ``fresh`` would have."""
     unet = UNet2DConditionModel.from_pretrained(start, local_files_only=True)
+    if unet.config.class_embed_type != fresh.config.class_embed_type:
+        raise ConfigError(
+            f"{section}.init_from: {start} has class embedding "
+            f"{unet.config.class_embed_type!r} where this config's model has "
+            f"{fresh.config.class_embed_type!r}; it was trained with other conditioning"
+        )
     if unet.config.in_channels != fresh.config.in_channels:
         raise ConfigError(
             f"{section}.init_from: {start} reads {unet.config.in_channels} input channels where "
