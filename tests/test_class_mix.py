@@ -108,3 +108,30 @@ def test_a_broken_bank_is_refused_by_name(tmp_path):
     (tmp_path / MIX_BANK).write_text(json.dumps([[0.5, 0.5]]))
     with pytest.raises(CheckpointError, match="rows of 7 class shares"):
         load_mix_bank(tmp_path)
+
+
+def test_a_plain_label_model_cannot_be_continued_as_a_mix_conditioned_one(tmp_path):
+    from pipeline_lib.models.build import build_components
+    from pipeline_lib.models.class_mix import mix_conditioned_unet
+    from pipeline_lib.train.resumable import continued_unet
+
+    plain = build_components("tiny-pixel")["unet"]
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ConfigError, match="class embedding None where .* 'projection'"):
+        continued_unet(tmp_path / "plain", mix_conditioned_unet(plain), "label_lora")
+
+
+def test_the_mix_embedding_starts_silent_so_training_starts_from_the_base():
+    from pipeline_lib.models.build import build_components
+    from pipeline_lib.models.class_mix import mix_conditioned_unet
+
+    plain = build_components("tiny-pixel")["unet"].eval()
+    conditioned = mix_conditioned_unet(plain).eval()
+    noisy = torch.randn(
+        1, plain.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0)
+    )
+    text = torch.randn(1, 77, plain.config.cross_attention_dim)
+    with torch.no_grad():
+        before = plain(noisy, 10, encoder_hidden_states=text).sample
+        after = conditioned(noisy, 10, encoder_hidden_states=text, class_labels=torch.eye(7)[[3]])
+    torch.testing.assert_close(after.sample, before)

@@ -38,11 +38,10 @@ def class_mix(masks: torch.Tensor) -> torch.Tensor:
 def mix_conditioned_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """``unet`` with a projection class embedding of the class mix, whose output layer is
     zero so that it starts out computing exactly what ``unet`` does."""
-    config = dict(
-        unet.config,
-        class_embed_type="projection",
-        projection_class_embeddings_input_dim=NUM_CLASSES,
-    )
+    # diffusers drops the keys listed in _use_default_values (those the loaded config.json
+    # lacked, as SD 1.5's lacks class_embed_type) back to their defaults: leave it out.
+    config = {k: v for k, v in unet.config.items() if k != "_use_default_values"}
+    config.update(class_embed_type="projection", projection_class_embeddings_input_dim=NUM_CLASSES)
     conditioned = UNet2DConditionModel.from_config(config)
     missing, unexpected = conditioned.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or any(not k.startswith("class_embedding.") for k in missing):
