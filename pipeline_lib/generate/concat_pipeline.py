@@ -18,6 +18,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from pipeline_lib.models.class_mix import is_mix_conditioned
 from pipeline_lib.models.label_condition import condition_channels, label_condition
 from pipeline_lib.models.sd_folder import sd_scale_factor
 
@@ -139,7 +140,7 @@ class LabelPipeline(_WideInputPipeline):
         self.self_conditioned = unet.config.in_channels != self.latent_channels
         if self.self_conditioned:
             self._check_input_channels(self.latent_channels, "a self-conditioned label model")
-        self.mix_conditioned = unet.config.class_embed_type == "projection"
+        self.mix_conditioned = is_mix_conditioned(unet)
 
     @torch.no_grad()
     def __call__(
