@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from pipeline_lib.models.class_mix import is_mix_conditioned
 from pipeline_lib.models.label_condition import condition_channels, label_condition
 from pipeline_lib.models.sd_folder import sd_scale_factor
+from pipeline_lib.models.unet_input import is_self_conditioned
 
 
 class _WideInputPipeline(DiffusionPipeline):
@@ -137,9 +138,9 @@ class LabelPipeline(_WideInputPipeline):
 
     def __init__(self, vae, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler)
-        self.self_conditioned = unet.config.in_channels != self.latent_channels
-        if self.self_conditioned:
-            self._check_input_channels(self.latent_channels, "a self-conditioned label model")
+        self.self_conditioned = is_self_conditioned(unet)
+        extra = self.latent_channels if self.self_conditioned else 0
+        self._check_input_channels(extra, "a label model")
         self.mix_conditioned = is_mix_conditioned(unet)
 
     @torch.no_grad()

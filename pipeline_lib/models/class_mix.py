@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
-from pipeline_lib.data.classes import NUM_CLASSES
+from pipeline_lib.data.classes import NUM_CLASSES, class_fractions
 from pipeline_lib.errors import CheckpointError
+from pipeline_lib.models.unet_input import reconfigured_unet
 
 MIX_BANK = "class_mixes.json"
 # XORed into a draw's seed for the mix it is drawn with: the noise draws stay as they were.
@@ -31,18 +31,16 @@ _MIX_SALT = 0x3A1C5
 def class_mix(masks: torch.Tensor) -> torch.Tensor:
     """(B, H, W) raw LoveDA values -> (B, NUM_CLASSES) shares of the labelled pixels
     (no-data excluded; a crop without labelled pixels gives zeros)."""
-    counts = F.one_hot(masks.long().flatten(1), NUM_CLASSES + 1).sum(1)[:, 1:].float()
-    return counts / counts.sum(1, keepdim=True).clamp(min=1)
+    shares = [list(class_fractions(mask).values()) for mask in masks.numpy()]
+    return torch.tensor(shares, dtype=torch.float32)
 
 
 def mix_conditioned_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """``unet`` with a projection class embedding of the class mix, whose output layer is
     zero so that it starts out computing exactly what ``unet`` does."""
-    # diffusers drops the keys listed in _use_default_values (those the loaded config.json
-    # lacked, as SD 1.5's lacks class_embed_type) back to their defaults: leave it out.
-    config = {k: v for k, v in unet.config.items() if k != "_use_default_values"}
-    config.update(class_embed_type="projection", projection_class_embeddings_input_dim=NUM_CLASSES)
-    conditioned = UNet2DConditionModel.from_config(config)
+    conditioned = reconfigured_unet(
+        unet, class_embed_type="projection", projection_class_embeddings_input_dim=NUM_CLASSES
+    )
     missing, unexpected = conditioned.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or any(not k.startswith("class_embedding.") for k in missing):
         raise CheckpointError(f"the base UNet does not fit a mix-conditioned one: {missing}")

@@ -11,11 +11,18 @@ import torch
 from diffusers import UNet2DConditionModel
 
 
+def reconfigured_unet(unet: UNet2DConditionModel, **changes) -> UNet2DConditionModel:
+    """A new, untrained UNet of ``unet``'s config with ``changes``."""
+    # diffusers resets the keys listed in _use_default_values (those the loaded config.json
+    # lacked, as SD 1.5's lacks class_embed_type) to their defaults: leave it out.
+    config = {k: v for k, v in unet.config.items() if k != "_use_default_values"}
+    return UNet2DConditionModel.from_config({**config, **changes})
+
+
 def widened_unet(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel:
     """``unet`` with ``extra`` input channels appended, zero-weighted so that it starts out
     computing exactly what ``unet`` does."""
-    config = dict(unet.config, in_channels=unet.config.in_channels + extra)
-    widened = UNet2DConditionModel.from_config(config)
+    widened = reconfigured_unet(unet, in_channels=unet.config.in_channels + extra)
     state = unet.state_dict()
     weight = state.pop("conv_in.weight")
     widened.load_state_dict(state, strict=False)
