@@ -293,7 +293,12 @@ class QAConfig(Section):
 
 
 class GenerationConfig(Section):
-    _later_fields: ClassVar[tuple[str, ...]] = ("label_time_shift", "label_time_shift_below")
+    _later_fields: ClassVar[tuple[str, ...]] = (
+        "label_time_shift",
+        "label_time_shift_below",
+        "window",
+        "window_stride",
+    )
 
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = ""
@@ -323,6 +328,15 @@ class GenerationConfig(Section):
     )
     image_guidance: float = Field(3.0, ge=0)
     resolution: int = Field(64, ge=8, le=2048)
+    window: int | None = Field(
+        None,
+        ge=8,
+        description="draw samples larger than this (the models' training crop, in pixels) "
+        "in overlapping windows of it, their predictions averaged (MultiDiffusion)",
+    )
+    window_stride: int | None = Field(
+        None, ge=1, description="pixels between windows (default: three quarters of window)"
+    )
     batch_size: int = Field(4, ge=1)
     seed: int = 0
     max_attempts_per_sample: int = Field(
@@ -352,6 +366,25 @@ class GenerationConfig(Section):
         if not self.styles:
             raise ValueError("styles must declare at least one style")
         return self
+
+    @model_validator(mode="after")
+    def _stride_within_window(self) -> GenerationConfig:
+        if self.window_stride is not None:
+            if self.window is None:
+                raise ValueError("window_stride needs window")
+            if self.window_stride > self.window:
+                raise ValueError(
+                    f"window_stride {self.window_stride} exceeds window {self.window}: "
+                    "windows would leave pixels undrawn"
+                )
+        return self
+
+    @property
+    def stride(self) -> int | None:
+        """Pixels between windows, or None without windows."""
+        if self.window is None:
+            return None
+        return self.window_stride or self.window * 3 // 4
 
     @field_validator("class_targets")
     @classmethod

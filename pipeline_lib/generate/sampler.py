@@ -31,7 +31,7 @@ from pipeline_lib.choices import SCHEDULER_CLASSES
 from pipeline_lib.config import FactoryConfig, GenerationConfig
 from pipeline_lib.data.classes import LABEL_COLOURS
 from pipeline_lib.data.palette import colourise
-from pipeline_lib.errors import CheckpointError
+from pipeline_lib.errors import CheckpointError, ConfigError
 from pipeline_lib.generate.agreement import DISAGREEMENT, AgreementFilter
 from pipeline_lib.generate.concat_pipeline import LabelConcatPipeline, LabelPipeline
 from pipeline_lib.generate.duplicates import DuplicateFilter
@@ -45,9 +45,15 @@ from pipeline_lib.generate.selection import (
     select,
 )
 from pipeline_lib.generate.time_shift import shifted_timesteps
+from pipeline_lib.generate.windows import WindowedUNet
 from pipeline_lib.models.class_mix import draw_mixes, is_mix_conditioned, load_mix_bank
 from pipeline_lib.models.model_hash import model_hash
-from pipeline_lib.models.sd_folder import CONTROLNET_SUBDIR, load_controlnet, load_sd_components
+from pipeline_lib.models.sd_folder import (
+    CONTROLNET_SUBDIR,
+    load_controlnet,
+    load_sd_components,
+    sd_scale_factor,
+)
 from pipeline_lib.models.unet_input import is_self_conditioned
 from pipeline_lib.precision import cpu_has_bf16
 from pipeline_lib.store.shard_writer import ShardData
@@ -184,6 +190,8 @@ class Generator:
                 scheduler=image_scheduler,
                 **none,
             )
+        if gen.window is not None and gen.window < gen.resolution:
+            self._draw_in_windows(sd_scale_factor(parts.vae))
         for pipe in (self.label_pipe, self.image_pipe):
             if pipe is not None:
                 pipe.to(self.device)
@@ -202,6 +210,26 @@ class Generator:
             self.lora_hash,
             cn_dir,
         )
+
+    def _draw_in_windows(self, scale_factor: int) -> None:
+        """Both passes denoise ``generation.window`` px windows of each sample (MultiDiffusion)."""
+        gen = self.cfg.generation
+        for key, pixels in (("window", gen.window), ("window_stride", gen.stride)):
+            if pixels % scale_factor:
+                raise ConfigError(
+                    f"generation.{key} {pixels} is not a multiple of the VAE's scale factor "
+                    f"{scale_factor}"
+                )
+        if self.image_pipe is not None and not self.concat:
+            # A ControlNet's residuals would have to be windowed with the UNet they feed.
+            raise ConfigError("generation.window needs a concat image model, not a ControlNet")
+        if self.shares_lora:
+            raise ConfigError("generation.window needs a fully fine-tuned label model, not a LoRA")
+        for pipe in (self.label_pipe, self.image_pipe):
+            if pipe is not None:
+                pipe.unet = WindowedUNet(
+                    pipe.unet, gen.window // scale_factor, gen.stride // scale_factor
+                )
 
     @cached_property
     def agreement(self) -> AgreementFilter:
