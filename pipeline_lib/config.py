@@ -153,7 +153,7 @@ class GeneratorTrainConfig(TrainConfig):
 
 
 class LabelLoraConfig(GeneratorTrainConfig):
-    _later_fields: ClassVar[tuple[str, ...]] = ("init_from", "class_mix")
+    _later_fields: ClassVar[tuple[str, ...]] = ("init_from", "class_mix", "mix_of")
 
     method: Literal["lora", "full"] = Field(
         "lora",
@@ -175,6 +175,12 @@ class LabelLoraConfig(GeneratorTrainConfig):
         description="tell the model each training crop's class shares, and sample it with "
         "shares of Train crops, so that it draws Train's class mix; needs method full",
     )
+    mix_of: Literal["crop", "tile"] = Field(
+        "crop",
+        description="whose shares the mix is: the training crop's own, or its whole source "
+        "tile's (the scene: every window of a sample drawn in windows shares it, and the "
+        "generator samples with Train tiles' mixes)",
+    )
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
     target_modules: str | list[str] = Field(
@@ -189,6 +195,8 @@ class LabelLoraConfig(GeneratorTrainConfig):
             raise ValueError("self_condition needs method: full (a LoRA cannot widen the UNet)")
         if self.class_mix and self.method != "full":
             raise ValueError("class_mix needs method: full (a LoRA cannot add an embedding)")
+        if self.mix_of != "crop" and not self.class_mix:
+            raise ValueError("mix_of needs class_mix: true")
         if self.init_from is not None and self.method != "full":
             raise ValueError("init_from needs method: full (it loads a whole label UNet)")
         return self

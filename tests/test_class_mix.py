@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from pipeline_lib.config import config_from_dict
+from pipeline_lib.data.loveda import write_tile
 from pipeline_lib.data.synth import make_synthetic_loveda
 from pipeline_lib.errors import CheckpointError, ConfigError
 from pipeline_lib.models.class_mix import MIX_BANK, class_mix, draw_mixes, load_mix_bank
+from pipeline_lib.train.pair_sampler import PairSampler
 
 
 def _config(tmp_path, root, **label_lora):
@@ -110,15 +112,68 @@ def test_a_broken_bank_is_refused_by_name(tmp_path):
         load_mix_bank(tmp_path)
 
 
-def test_a_plain_label_model_cannot_be_continued_as_a_mix_conditioned_one(tmp_path):
-    from pipeline_lib.models.build import build_components
-    from pipeline_lib.models.class_mix import mix_conditioned_unet
-    from pipeline_lib.train.resumable import continued_unet
+def _two_tiles(root):
+    """An all-water Train tile and one half building, half road (left and right)."""
+    water = np.full((64, 64), 4, np.uint8)
+    halves = np.repeat(np.array([[2] * 32 + [3] * 32], np.uint8), 64, axis=0)
+    for name, mask in (("0", water), ("1", halves)):
+        write_tile(root, "Train", "Urban", name, np.zeros((64, 64, 3), np.uint8), mask)
+    water_mix, halves_mix = np.zeros(7), np.zeros(7)
+    water_mix[3], halves_mix[[1, 2]] = 1.0, 0.5
+    return [water_mix, halves_mix]
 
-    plain = build_components("tiny-pixel")["unet"]
-    plain.save_pretrained(tmp_path / "plain")
-    with pytest.raises(ConfigError, match="class embedding None where .* 'projection'"):
-        continued_unet(tmp_path / "plain", mix_conditioned_unet(plain), "label_lora")
+
+def test_each_crop_comes_with_its_whole_tiles_mix(tmp_path):
+    tile_mixes = _two_tiles(tmp_path)
+    sampler = PairSampler(tmp_path, 32, seed=0, with_images=False, crop_scale=(1.0, 1.0))
+    batch = sampler.batch(0, 0, 16)
+    rows = batch.tile_mix.numpy()
+    # Every row is one of the two tiles' shares, never the crop's own.
+    assert all(any(np.allclose(row, mix) for mix in tile_mixes) for row in rows)
+    assert not torch.allclose(class_mix(batch.mask), batch.tile_mix)
+
+
+def test_the_tile_mix_needs_the_mix():
+    with pytest.raises(ConfigError, match="mix_of needs class_mix: true"):
+        config_from_dict({"label_lora": {"method": "full", "mix_of": "tile"}})
+
+
+def test_a_plain_label_model_goes_on_told_the_mix_of_its_tiles(tmp_path, one_torch_thread):
+    from diffusers import UNet2DConditionModel
+
+    from pipeline_lib.train import train_label_lora
+
+    root = tmp_path / "data"
+    tile_mixes = _two_tiles(root)
+    plain = _config(tmp_path / "a", root, class_mix=False, steps=2, checkpoint_every=2)
+    train_label_lora(plain, progress=False)
+    # At a vanishing rate the one step leaves the plain model's weights as they were, and
+    # the mix's embedding silent: the model goes on from what it drew.
+    told = _config(
+        tmp_path / "b",
+        root,
+        steps=1,
+        checkpoint_every=1,
+        lr=1e-30,
+        mix_of="tile",
+        init_from=str(plain.label_lora.output),
+    )
+    train_label_lora(told, progress=False)
+    before = UNet2DConditionModel.from_pretrained(plain.label_lora.output).state_dict()
+    after = UNet2DConditionModel.from_pretrained(told.label_lora.output).state_dict()
+    assert {k for k in after if k not in before} == {
+        k for k in after if k.startswith("class_embedding.")
+    }
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert after["class_embedding.linear_2.weight"].abs().max() < 1e-12
+    # Sampled with the Train tiles' mixes, one row per tile.
+    bank = load_mix_bank(told.label_lora.output)
+    assert sorted(map(tuple, bank.round(3))) == sorted(map(tuple, np.round(tile_mixes, 3)))
+
+    # The other way round, a config without the mix cannot drop a trained embedding.
+    unmixed = _config(tmp_path / "c", root, class_mix=False, init_from=str(told.label_lora.output))
+    with pytest.raises(ConfigError, match="class embedding 'projection' where .* None"):
+        train_label_lora(unmixed, progress=False)
 
 
 def test_the_mix_embedding_starts_silent_so_training_starts_from_the_base():

@@ -19,7 +19,12 @@ from peft.utils import get_peft_model_state_dict
 from pipeline_lib.config import FactoryConfig
 from pipeline_lib.micro_batches import effective_batch
 from pipeline_lib.models.build import ensure_base_models
-from pipeline_lib.models.class_mix import class_mix, mix_conditioned_unet, save_mix_bank
+from pipeline_lib.models.class_mix import (
+    class_mix,
+    mix_conditioned_unet,
+    save_mix_bank,
+    saved_mix_conditioned,
+)
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import load_sd_components
 from pipeline_lib.models.unet_input import widened_unet
@@ -78,6 +83,15 @@ def save_label_model(unet: torch.nn.Module, output: Path, full: bool) -> None:
         save_label_lora(unet, output)
 
 
+def mix_bank(loss: DiffusionLoss, mix_of: str) -> torch.Tensor:
+    """The mixes a mix-conditioned model is sampled with: those of Train crops as training
+    drew them, or of every Train tile."""
+    if mix_of == "tile":
+        return torch.stack([loss.sampler.tile_mix(i) for i in range(len(loss.sampler))])
+    steps = range(MIX_BANK_CROPS // loss.batch_size)
+    return class_mix(torch.cat([loss.batch(s, 0).mask for s in steps]))
+
+
 def train_label_lora(
     cfg: FactoryConfig, resume: bool = True, max_steps: int | None = None, progress: bool = True
 ) -> TrainSummary:
@@ -93,9 +107,13 @@ def train_label_lora(
     full = lora.method == "full"
     if lora.self_condition:
         sd.unet = widened_unet(sd.unet, sd.unet.config.out_channels)
+    start = starting_model(lora, "label_lora")
+    if start is not None and lora.class_mix and not saved_mix_conditioned(start):
+        # A label model trained without the mix goes on with it: the mix's embedding starts
+        # silent, so training starts from what that model draws.
+        sd.unet, start = continued_unet(start, sd.unet, "label_lora"), None
     if lora.class_mix:
         sd.unet = mix_conditioned_unet(sd.unet)
-    start = starting_model(lora, "label_lora")
     if start is not None:
         sd.unet = continued_unet(start, sd.unet, "label_lora")
     if full:
@@ -112,7 +130,8 @@ def train_label_lora(
         mix = None
         if lora.class_mix:
             # Dropped with the prompt: the unconditional branch of guidance sees no mix.
-            mix = (class_mix(batch.mask) * batch.keep_prompt[:, None]).to(noisy.device)
+            shares = class_mix(batch.mask) if lora.mix_of == "crop" else batch.tile_mix
+            mix = (shares * batch.keep_prompt[:, None]).to(noisy.device)
         if lora.self_condition:
             noisy = torch.cat([noisy, self_condition_input(batch, noisy, t, text, mix)], 1)
         with accelerator.autocast():
@@ -142,8 +161,7 @@ def train_label_lora(
     def save_final(output: Path) -> None:
         save_label_model(accelerator.unwrap_model(job.model), output, full)
         if lora.class_mix:
-            steps = range(MIX_BANK_CROPS // loss.batch_size)
-            save_mix_bank(output, class_mix(torch.cat([loss.batch(s, 0).mask for s in steps])))
+            save_mix_bank(output, mix_bank(loss, lora.mix_of))
 
     job = TrainJob(
         kind="label-lora",

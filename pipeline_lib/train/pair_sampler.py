@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline_lib.data.classes import PALETTE
+from pipeline_lib.data.classes import PALETTE, class_fractions
 from pipeline_lib.data.loveda import Tile, labelled_tiles, read_image, read_mask
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import DataError
@@ -27,7 +27,8 @@ CACHE_BYTES = 1 << 30
 class Batch:
     """``label``: colourised masks in [0, 1]; ``image``: aerial images in [-1, 1] (B,3,H,W).
 
-    ``mask``: the raw LoveDA values of the same crops (B,H,W) int64;
+    ``mask``: the raw LoveDA values of the same crops (B,H,W) int64; ``tile_mix``: the
+    class shares of each crop's whole source tile (B, classes);
     ``keep_prompt`` is False where the prompt (and a concatenated condition) is dropped,
     for classifier-free guidance; ``seeds`` seed each sample's diffusion noise.
     """
@@ -37,6 +38,7 @@ class Batch:
     keep_prompt: torch.Tensor
     seeds: torch.Tensor
     mask: torch.Tensor
+    tile_mix: torch.Tensor
 
 
 def train_tiles(root: str | Path) -> list[Tile]:
@@ -75,6 +77,7 @@ class PairSampler:
         self.empty_prompt_prob = empty_prompt_prob
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
+        self._tile_mixes: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -85,13 +88,15 @@ class PairSampler:
         Sample j of a step is the same however the step is split into micro-batches
         (8 x 1 or 4 x 2), so halving the batch after an out-of-memory keeps the data.
         """
-        labels, images, keep, seeds, masks = [], [], [], [], []
+        labels, images, keep, seeds, masks, tiles = [], [], [], [], [], []
         for j in range(micro * batch_size, (micro + 1) * batch_size):
             rng = np.random.default_rng([self.seed, step, j])
-            label, image, mask = self._sample(rng)
+            tile = int(rng.integers(len(self.tiles)))
+            label, image, mask = self._sample(rng, tile)
             labels.append(label)
             images.append(image)
             masks.append(mask)
+            tiles.append(tile)
             keep.append(rng.random() >= self.empty_prompt_prob)
             seeds.append(int(rng.integers(1 << 62)))
         return Batch(
@@ -100,7 +105,15 @@ class PairSampler:
             torch.tensor(keep),
             torch.tensor(seeds),
             torch.stack(masks),
+            torch.stack([self.tile_mix(tile) for tile in tiles]),
         )
+
+    def tile_mix(self, index: int) -> torch.Tensor:
+        """The class shares of Train tile ``index``'s labelled pixels."""
+        if index not in self._tile_mixes:
+            shares = class_fractions(self._read(index)[0]).values()
+            self._tile_mixes[index] = torch.tensor(list(shares), dtype=torch.float32)
+        return self._tile_mixes[index]
 
     def _crop_side(self, rng: np.random.Generator, side: int) -> int:
         if self.crop_scale is not None:
@@ -109,8 +122,10 @@ class PairSampler:
         low = min(side, max(self.resolution, side // 2))
         return int(rng.integers(low, side + 1))
 
-    def _sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mask, image = self._read(int(rng.integers(len(self.tiles))))
+    def _sample(
+        self, rng: np.random.Generator, tile: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask, image = self._read(tile)
         crop = self._crop_side(rng, min(mask.shape))
         y = int(rng.integers(0, mask.shape[0] - crop + 1))
         x = int(rng.integers(0, mask.shape[1] - crop + 1))
