@@ -7,7 +7,8 @@ each training crop's class shares, it learns p(label | mix); sampled with the sh
 Train crops, it draws Train's class mix. The vector enters as diffusers' projection class
 embedding (``class_embed_type="projection"``), added to the timestep embedding; the bank
 of Train crop mixes it is sampled with is saved beside the model, so a generator needs no
-Train split.
+Train split. Told instead the shares of each crop's whole source tile (``mix_of: tile``),
+it learns what a crop of such a scene holds, and the bank holds the Train tiles' mixes.
 """
 
 from __future__ import annotations
