@@ -5,7 +5,9 @@ timestep below which it applies, the factory's ``Generator`` draws the same ``--
 labels (the attempts of shard 0, so every setting sees the same seeds and prompts) and
 scores them as generation does: the share of pixels off-palette before snapping (mean and
 p95), the share QA would reject, the class-fraction total-variation distance of the snapped
-maps against the Train split, classes per map, and labels per second. Nothing is written
+maps against the Train split, classes per map, and labels per second; a second table gives
+each setting's drawn class shares beside Train's (and, for a mix-conditioned label model,
+the mean of the mixes it was asked for). Nothing is written
 to a store. It needs the config's trained models (the label model at least: ``lfactory
 train base`` and ``label-lora``, or ``lfactory quality``), so ``make bench`` does not run it.
 
@@ -28,11 +30,15 @@ from pipeline_lib.choices import SCHEDULER_CLASSES
 NAME = "label_sampling"
 
 
-def score_setting(cfg: Any, samples: int) -> dict[str, float]:
-    """Draw ``samples`` labels with ``cfg.generation`` and score them."""
-    from pipeline_lib.data.classes import MAX_VALUE, fractions_from_counts
-    from pipeline_lib.data.loveda import split_stats
+def score_setting(
+    cfg: Any, samples: int, train: dict[str, float]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Draw ``samples`` labels with ``cfg.generation`` and score them against Train's class
+    shares ``train``; the drawn shares (and the asked mixes' mean, for a mix-conditioned
+    model) beside."""
+    from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE, fractions_from_counts
     from pipeline_lib.generate.sampler import Generator
+    from pipeline_lib.models.class_mix import draw_mixes
     from pipeline_lib.report.fidelity import total_variation
 
     generator = Generator(cfg, with_images=False)
@@ -45,15 +51,20 @@ def score_setting(cfg: Any, samples: int) -> dict[str, float]:
     seconds = time.perf_counter() - start
     off = np.array([qa.off_palette_share for _, _, qa in labels])
     counts = sum(np.bincount(m.ravel(), minlength=MAX_VALUE + 1) for _, m, _ in labels)
-    train = split_stats(Path(cfg.data.root), "Train").fractions
-    return {
+    drawn = fractions_from_counts(counts)
+    shares = {"drawn": drawn}
+    if generator.mix_bank is not None:
+        asked = draw_mixes(generator.mix_bank, [d.seed for d in draws]).mean(0)
+        shares["asked"] = {name: float(v) for name, v in zip(CLASS_NAMES, asked, strict=True)}
+    row = {
         "off_palette_mean": float(off.mean()),
         "off_palette_p95": float(np.quantile(off, 0.95)),
         "rejected_share": float(np.mean([not qa.kept for _, _, qa in labels])),
-        "class_fraction_tv": total_variation(fractions_from_counts(counts), train),
+        "class_fraction_tv": total_variation(drawn, train),
         "classes_per_label": float(np.mean([len(np.unique(m[m > 0])) for _, m, _ in labels])),
         "labels_per_s": samples / seconds,
     }
+    return row, shares
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
     from pipeline_lib.config import load_config
+    from pipeline_lib.data.loveda import split_stats
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -102,14 +114,22 @@ def main(argv: list[str] | None = None) -> None:
         for below in args.shift_below or [gen.label_time_shift_below]
     ]
     settings = list({tuple(s.items()): s for s in settings}.values())
-    rows = []
+    train = split_stats(Path(cfg.data.root), "Train").fractions
+    rows, shares = [], []
     for setting in tqdm(settings, desc="label settings", unit="setting"):
         update = {"generation": gen.model_copy(update=setting)}
-        rows.append({**setting, **score_setting(cfg.model_copy(update=update), args.samples)})
+        row, drawn = score_setting(cfg.model_copy(update=update), args.samples, train)
+        rows.append({**setting, **row})
+        shares.append(drawn)
     columns = list(rows[0])
     print(format_table(columns, [[row[c] for c in columns] for row in rows]))
+    share_rows = [["Train", *train.values()]]
+    for number, drawn in enumerate(shares, 1):
+        share_rows += [[f"setting {number} {kind}", *v.values()] for kind, v in drawn.items()]
+    print(format_table(["class shares", *train], share_rows))
     parameters = {"config": str(args.config), "samples": args.samples, "threads": args.threads}
-    write_results(NAME, parameters, {"rows": rows}, args.out)
+    results = {"rows": rows, "train_shares": train, "class_shares": shares}
+    write_results(NAME, parameters, results, args.out)
 
 
 if __name__ == "__main__":

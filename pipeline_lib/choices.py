@@ -18,7 +18,7 @@ SEGMENTERS: tuple[str, ...] = ("mask2former-cpu", "mask2former-r50", "mask2forme
 # store.image_codec: lossless image serializers (pipeline_lib.store.codecs), the default first.
 IMAGE_CODECS: tuple[str, ...] = ("webp", "jpegxl", "htj2k", "png", "qoi", "zstd")
 # label_lora.colours: the colours a label generator draws (pipeline_lib.data.classes).
-LABEL_COLOUR_SETS: tuple[str, ...] = ("palette", "bits")
+LABEL_COLOUR_SETS: tuple[str, ...] = ("palette", "bits", "balanced-bits")
 # validation.mix_by: how a training set of several sources draws its crops from them.
 MIX_BY: tuple[str, ...] = ("pixels", "samples")
 # train sections' lr_schedule: diffusers.optimization.get_scheduler name of each.

@@ -163,7 +163,8 @@ class LabelLoraConfig(GeneratorTrainConfig):
     colours: Literal[LABEL_COLOUR_SETS] = Field(  # type: ignore[valid-type]
         "palette",
         description="colours the label generator draws: palette (mmseg's, as the research) "
-        "or bits (each raw value's three bits on a corner of the RGB cube)",
+        "bits (each raw value's three bits on a corner of the RGB cube), or balanced-bits "
+        "(the corners reordered so that each channel is on for about half of the pixels)",
     )
     self_condition: bool = Field(
         False,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline_lib.data.classes import CLASS_NAMES
 from pipeline_lib.data.synth import make_synthetic_loveda
 
 # bench/ sits beside the package, not in it: import it from the checkout.
@@ -38,7 +39,8 @@ def test_each_sampler_setting_gets_one_row_of_label_fidelity(tmp_path, one_torch
     settings = ["--samples", "2", "--steps", "1", "2", "--guidance", "1", "--threads", "1"]
     shifts = ["--time-shifts", "0", "10", "--shift-below", "500", "1000"]
     label_sampling.main([str(config), *settings, *shifts, "--out", str(out)])
-    rows = json.loads(out.read_text())["results"]["rows"]
+    results = json.loads(out.read_text())["results"]
+    rows = results["rows"]
     # A shift of 0 is one row, whatever the thresholds: it draws the same labels under each.
     keys = ("label_steps", "label_time_shift", "label_time_shift_below")
     assert [tuple(r[k] for k in keys) for r in rows] == [
@@ -49,4 +51,11 @@ def test_each_sampler_setting_gets_one_row_of_label_fidelity(tmp_path, one_torch
     for row in rows:
         assert 0 <= row["off_palette_mean"] <= row["off_palette_p95"] <= 1
         assert 0 <= row["class_fraction_tv"] <= 1 and row["labels_per_s"] > 0
-    assert "off_palette_mean" in capsys.readouterr().out
+    # Each setting's drawn class shares beside Train's; a model told no mix has no asked one.
+    assert list(results["train_shares"]) == list(CLASS_NAMES)
+    assert len(results["class_shares"]) == len(rows)
+    for shares in results["class_shares"]:
+        assert list(shares) == ["drawn"] and list(shares["drawn"]) == list(CLASS_NAMES)
+        assert sum(shares["drawn"].values()) == pytest.approx(1.0)
+    printed = capsys.readouterr().out
+    assert "off_palette_mean" in printed and "class shares" in printed

@@ -73,18 +73,41 @@ def test_snap_of_a_clean_label_is_exact_and_scores_zero() -> None:
     assert share == 0.0
 
 
-def test_bit_colours_put_every_value_on_its_own_cube_corner_and_snap_back():
-    from pipeline_lib.data.classes import BIT_COLOURS, LABEL_COLOURS
+@pytest.mark.parametrize("name", ["bits", "balanced-bits"])
+def test_bit_colours_put_every_value_on_its_own_cube_corner_and_snap_back(name: str) -> None:
+    from pipeline_lib.data.classes import LABEL_COLOURS
 
+    colours = LABEL_COLOURS[name]
     mask = np.arange(8, dtype=np.uint8).reshape(2, 4)
-    rgb = colourise(mask, BIT_COLOURS)
-    assert set(np.unique(rgb)) == {0, 255} and len({tuple(c) for c in BIT_COLOURS}) == 8
+    rgb = colourise(mask, colours)
+    assert set(np.unique(rgb)) == {0, 255} and len({tuple(c) for c in colours}) == 8
+    assert tuple(colours[0]) == (0, 0, 0)  # no-data stays black, as in LoveDA's masks
     # A drawn colour near a corner snaps to that value; one halfway between two is off-code.
     noisy = np.clip(rgb.astype(int) + 20, 0, 255).astype(np.uint8)
-    snapped, off = snap_to_palette(noisy, tolerance=24, colours=LABEL_COLOURS["bits"])
+    snapped, off = snap_to_palette(noisy, tolerance=24, colours=colours)
     assert np.array_equal(snapped, mask) and off == 0.0
     blend = np.full((1, 1, 3), 128, np.uint8)
-    assert snap_to_palette(blend, tolerance=24, colours=BIT_COLOURS)[1] == 1.0
+    assert snap_to_palette(blend, tolerance=24, colours=colours)[1] == 1.0
+
+
+def test_balanced_bits_turn_each_channel_on_for_about_half_of_a_landscapes_pixels():
+    from pipeline_lib.data.classes import LABEL_COLOURS
+    from pipeline_lib.data.synth import synth_tile
+
+    masks = [
+        synth_tile(np.random.default_rng(seed), 128, scene)[1]
+        for seed in range(4)
+        for scene in ("Urban", "Rural")
+    ]
+    values = np.concatenate([m.ravel() for m in masks])
+
+    def channel_shares(name: str) -> np.ndarray:
+        return (LABEL_COLOURS[name][values] > 0).mean(0)
+
+    # bits leave the blue channel on for most pixels (background, agriculture, roads);
+    # the balanced order keeps every channel nearer half.
+    assert np.abs(channel_shares("bits") - 0.5).max() > 0.15
+    assert np.abs(channel_shares("balanced-bits") - 0.5).max() < 0.15
 
 
 def test_fill_off_splits_a_blurred_border_between_its_two_classes():
