@@ -7,9 +7,9 @@ scores them as generation does: the share of pixels off-palette before snapping 
 p95), the share QA would reject, the class-fraction total-variation distance of the snapped
 maps against the Train split, classes per map, and labels per second; a second table gives
 each setting's drawn class shares beside Train's (and, for a mix-conditioned label model,
-the mean of the mixes it was asked for). Nothing is written
-to a store. It needs the config's trained models (the label model at least: ``lfactory
-train base`` and ``label-lora``, or ``lfactory quality``), so ``make bench`` does not run it.
+the mean of the mixes it was asked for). Nothing is written to a store. It needs the
+config's trained models (the label model at least: ``lfactory train base`` and
+``label-lora``, or ``lfactory quality``), so ``make bench`` does not run it.
 
     python -m bench.label_sampling configs/quality.yaml --steps 50 100 --guidance 1 2
     python -m bench.label_sampling configs/quality.yaml --time-shifts 0 400 --shift-below 300 1000
@@ -118,14 +118,17 @@ def main(argv: list[str] | None = None) -> None:
     rows, shares = [], []
     for setting in tqdm(settings, desc="label settings", unit="setting"):
         update = {"generation": gen.model_copy(update=setting)}
-        row, drawn = score_setting(cfg.model_copy(update=update), args.samples, train)
+        row, setting_shares = score_setting(cfg.model_copy(update=update), args.samples, train)
         rows.append({**setting, **row})
-        shares.append(drawn)
+        shares.append(setting_shares)
     columns = list(rows[0])
     print(format_table(columns, [[row[c] for c in columns] for row in rows]))
     share_rows = [["Train", *train.values()]]
-    for number, drawn in enumerate(shares, 1):
-        share_rows += [[f"setting {number} {kind}", *v.values()] for kind, v in drawn.items()]
+    for number, setting_shares in enumerate(shares, 1):
+        share_rows += [
+            [f"setting {number} {kind}", *by_class.values()]
+            for kind, by_class in setting_shares.items()
+        ]
     print(format_table(["class shares", *train], share_rows))
     parameters = {"config": str(args.config), "samples": args.samples, "threads": args.threads}
     results = {"rows": rows, "train_shares": train, "class_shares": shares}
