@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from lfactory.model_commands import register
 from pipeline_lib.config import config_from_dict
 from pipeline_lib.data.loveda import write_tile
-from pipeline_lib.errors import CheckpointError, DataError
+from pipeline_lib.errors import CheckpointError, ConfigError, DataError
 from pipeline_lib.models.build import init_models
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.presets import FROM_SCRATCH_LORA_TARGETS
@@ -387,6 +387,26 @@ def test_a_generator_goes_on_from_the_model_another_config_trained(
     missing = go_on | {"init_from": str(tmp_path / "nowhere")}
     with pytest.raises(CheckpointError, match=f"{section}.init_from: .*nowhere"):
         train(make_config(tmp_path / "d", base, blocky, **{section: missing}), progress=False)
+
+
+def test_a_label_model_read_in_other_colours_is_refused_by_name(tmp_path, base, blocky):
+    from pipeline_lib.generate.sampler import Generator
+
+    full = {"method": "full", "colours": "bits"}
+    first = make_config(tmp_path / "a", base, blocky, label_lora=small(steps=1, **full))
+    train_label_lora(first, progress=False)
+    trained = str(first.label_lora.output)
+    Generator(first, with_images=False)  # read in the colours it learnt: fine
+
+    balanced = full | {"colours": "balanced-bits"}
+    go_on = small(steps=1, init_from=trained, **balanced)
+    second = make_config(tmp_path / "b", base, blocky, label_lora=go_on)
+    with pytest.raises(ConfigError, match=r"label_lora.init_from: .*'bits' colours"):
+        train_label_lora(second, progress=False)
+    assert not second.label_lora.output.exists()
+    read = make_config(tmp_path / "c", base, blocky, label_lora=small(output=trained, **balanced))
+    with pytest.raises(ConfigError, match=r"label_lora.output: .*'balanced-bits'"):
+        Generator(read, with_images=False)
 
 
 def test_init_from_a_label_lora_is_refused_by_name():

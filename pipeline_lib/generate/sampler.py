@@ -47,6 +47,7 @@ from pipeline_lib.generate.selection import (
 from pipeline_lib.generate.time_shift import shifted_timesteps
 from pipeline_lib.generate.windows import WindowedUNet
 from pipeline_lib.models.class_mix import draw_mixes, is_mix_conditioned, load_mix_bank
+from pipeline_lib.models.label_colours import check_label_colours
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import (
     CONTROLNET_SUBDIR,
@@ -151,6 +152,7 @@ class Generator:
         self.lora_hash = NO_LORA
         self.shares_lora = (lora / LORA_WEIGHTS).is_file()  # the image pass must disable it
         self.mix_bank: np.ndarray | None = None  # a mix-conditioned model's Train mixes
+        check_label_colours(lora, cfg.label_lora.colours, "label_lora.output")
         if self.shares_lora:
             self.label_pipe.load_lora_weights(lora)
             self.lora_hash = model_hash(lora)

@@ -25,6 +25,7 @@ from pipeline_lib.models.class_mix import (
     save_mix_bank,
     saved_mix_conditioned,
 )
+from pipeline_lib.models.label_colours import check_label_colours, save_label_colours
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import load_sd_components
 from pipeline_lib.models.unet_input import widened_unet
@@ -108,6 +109,8 @@ def train_label_lora(
     if lora.self_condition:
         sd.unet = widened_unet(sd.unet, sd.unet.config.out_channels)
     start = starting_model(lora, "label_lora")
+    if start is not None:
+        check_label_colours(start, lora.colours, "label_lora.init_from")
     if start is not None and lora.class_mix and not saved_mix_conditioned(start):
         # A label model trained without the mix goes on with it: the mix's embedding starts
         # silent, so training starts from what that model draws.
@@ -160,6 +163,7 @@ def train_label_lora(
 
     def save_final(output: Path) -> None:
         save_label_model(accelerator.unwrap_model(job.model), output, full)
+        save_label_colours(output, lora.colours)
         if lora.class_mix:
             save_mix_bank(output, mix_bank(loss, lora.mix_of))
 
