@@ -36,6 +36,8 @@ def score_setting(
     """Draw ``samples`` labels with ``cfg.generation`` and score them against Train's class
     shares ``train``; the drawn shares (and the asked mixes' mean, for a mix-conditioned
     model) beside."""
+    from tqdm import tqdm
+
     from pipeline_lib.data.classes import CLASS_NAMES, MAX_VALUE, fractions_from_counts
     from pipeline_lib.generate.sampler import Generator
     from pipeline_lib.models.class_mix import draw_mixes
@@ -46,8 +48,12 @@ def score_setting(
     size = cfg.generation.batch_size
     start = time.perf_counter()
     labels = []
-    for first in range(0, samples, size):
-        labels += generator.sample_labels(draws[first : first + size])
+    # A windowed 256 px setting takes minutes: show its labels as they come.
+    with tqdm(total=samples, desc="labels", unit="label", leave=False) as bar:
+        for first in range(0, samples, size):
+            batch = draws[first : first + size]
+            labels += generator.sample_labels(batch)
+            bar.update(len(batch))
     seconds = time.perf_counter() - start
     off = np.array([qa.off_palette_share for _, _, qa in labels])
     counts = sum(np.bincount(m.ravel(), minlength=MAX_VALUE + 1) for _, m, _ in labels)
