@@ -26,6 +26,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from tqdm.auto import tqdm
 
 from pipeline_lib.choices import SCHEDULER_CLASSES
 from pipeline_lib.config import FactoryConfig, GenerationConfig
@@ -401,6 +402,8 @@ class Generator:
         images: list[np.ndarray] = []
         rejected: Counter[str] = Counter()
         attempts = 0
+        # A shard of windowed 256 px samples takes minutes on a CPU: show its samples.
+        bar = tqdm(total=n, desc=f"shard {shard_id}", unit="sample", leave=False)
         while len(kept) < n and attempts < limit:
             # Whole batches only: batch b always holds attempts [b*size, (b+1)*size).
             draws = [self.draw(shard_id, a) for a in range(attempts, attempts + oversample * size)]
@@ -437,6 +440,8 @@ class Generator:
                     masks.append(mask)
                     images.append(image)
                     kept.append((draws[k], labels[k][1], distance, score))
+                    bar.update()
+        bar.close()
         if len(kept) < n:
             log.warning(
                 "shard %d: only %d of %d labels were kept in %d draws",
