@@ -39,6 +39,18 @@ def validate(
             help="LoveDA-layout folder whose Val split is scored (overrides data.eval_root)",
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="store path or URL that Gen. trains on (overrides store.path; a quality "
+            "run's store is work_dir/store-<digest>.zarr)",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", min=0, help="segmenter seed (overrides validation.seed)"),
+    ] = None,
 ) -> None:
     """Train one model per data choice, evaluate on data.eval_root's Val, write the report.
 
@@ -62,6 +74,10 @@ def validate(
         overrides["validation"]["mix_ratios"] = []  # one data name trains that row alone
     if eval_root is not None:
         overrides["data"] = {"eval_root": str(eval_root)}
+    if store is not None:
+        overrides["store"] = {"path": store}
+    if seed is not None:
+        overrides["validation"]["seed"] = seed
     cfg = load_config(config, overrides)
     if eval_root is not None:
         # Before preparing data or training anything: a wrong folder fails in a second.

@@ -63,6 +63,34 @@ def test_validate_samples_trains_gen_on_the_stores_first_n(tmp_path, monkeypatch
     assert len(trained) == 5
 
 
+def test_validate_store_and_seed_options_pick_the_store_and_the_segmenter_seed(
+    tmp_path, monkeypatch, capsys
+):
+    """A quality run's store is named after its models: --store reaches it without editing
+    the config, and --seed trains another segmenter seed on the same data."""
+    import pipeline_lib.data.prepare
+    import pipeline_lib.validate
+
+    store = make_store(tmp_path / "store-0123456789.zarr", shards=(0,), kept=3)
+    seen = []
+
+    def record(sources, eval_root, cfg, work_dir, progress):
+        gen = sorted((sources["Gen."][0] / "Train").rglob("masks_png/*.png"))
+        seen.append((len(gen), cfg.seed))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline_lib.data.prepare, "prepare_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline_lib.validate, "run_validation", record)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(minimal_config(tmp_path / "work")))
+    missing = call_main(monkeypatch, capsys, "validate", config, "--data", "gen")
+    assert missing.code == 2 and "--store" in missing.err
+    call_main(
+        monkeypatch, capsys, "validate", config, "--data", "gen", "--store", store, "--seed", "3"
+    )
+    assert seen == [(3, 3)]
+
+
 @pytest.mark.parametrize("command", ["verify", "stats"])
 def test_store_commands_on_missing_attributes_exit_2_naming_zarr_json(
     tmp_path, monkeypatch, capsys, command

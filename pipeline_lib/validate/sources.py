@@ -13,8 +13,6 @@ from pipeline_lib.validate.mixing import mix_sources
 
 log = logging.getLogger(__name__)
 
-# The data choices (config validation.data, lfactory validate --data) and their row names.
-
 
 def usable_samples(cfg: FactoryConfig, samples: int | None = None) -> int:
     """How many committed samples a round may train on: the store's, at most ``samples``."""
@@ -25,7 +23,8 @@ def usable_samples(cfg: FactoryConfig, samples: int | None = None) -> int:
     if not store_exists(store):
         raise StoreError(
             f"{store}: no generated store yet; run `lfactory generate CONFIG` "
-            "(or `lfactory run CONFIG`) first, or validate with --data ori"
+            "(or `lfactory run CONFIG`) first, name an existing store with `lfactory validate "
+            "--store`, or validate with --data ori"
         )
     count = committed_count(store)
     return count if samples is None else min(count, samples)
