@@ -125,3 +125,16 @@ def test_colour_spread_tells_a_class_that_changes_colour_from_one_that_does_not(
     assert spread["background"][0] > 60 and spread["background"][1] == 0
     assert spread["building"][0] == 0 and spread["building"][1] > 10
     assert set(spread) == {"background", "building"}
+
+
+def test_images_drawn_in_windows_are_rendered_into_their_own_folder(tmp_path, models):
+    """A render of the same labels in windows must not be mistaken for a whole-sample one."""
+    cfg = make_config(tmp_path, models, tmp_path / "data")
+
+    def digest(window, stride):
+        gen = cfg.generation.model_copy(update={"window": window, "window_stride": stride})
+        return quality_gap.image_settings_digest(cfg.model_copy(update={"generation": gen}))
+
+    whole = quality_gap.image_settings_digest(cfg)
+    assert len({whole, digest(16, 12), digest(16, 8)}) == 3
+    assert digest(RES, None) == whole  # a window the size of the sample draws it whole
