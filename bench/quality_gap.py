@@ -48,7 +48,7 @@ def image_settings_digest(cfg: Any) -> str:
     gen = cfg.generation
     fields = ("scheduler", "image_steps", "image_guidance", "resolution", "seed", "dtype")
     settings = {f: getattr(gen, f) for f in fields}
-    if gen.window is not None and gen.window < gen.resolution:  # another image; others keep names
+    if gen.windowed:  # another image; unwindowed names stay as they were
         settings |= {"window": gen.window, "stride": gen.stride}
     return json_digest(model_hash(controlnet_dir(cfg)), settings, length=10)
 

@@ -389,6 +389,11 @@ class GenerationConfig(Section):
         return self
 
     @property
+    def windowed(self) -> bool:
+        """Whether samples are drawn in windows (a window smaller than the sample)."""
+        return self.window is not None and self.window < self.resolution
+
+    @property
     def stride(self) -> int | None:
         """Pixels between windows, or None without windows."""
         if self.window is None:

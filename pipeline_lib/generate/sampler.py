@@ -193,7 +193,7 @@ class Generator:
                 scheduler=image_scheduler,
                 **none,
             )
-        if gen.window is not None and gen.window < gen.resolution:
+        if gen.windowed:
             self._draw_in_windows(sd_scale_factor(parts.vae))
         for pipe in (self.label_pipe, self.image_pipe):
             if pipe is not None:
