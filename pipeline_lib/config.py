@@ -226,7 +226,22 @@ class ControlNetConfig(GeneratorTrainConfig):
     the base UNet itself with the one-hot label concatenated to its input (``concat``,
     as SD's inpainting model widens its input), which learns from scratch in minutes."""
 
+    _later_fields: ClassVar[tuple[str, ...]] = ("init_from", "tile_style")
+
     conditioning: Literal["controlnet", "concat"] = "controlnet"
+    tile_style: bool = Field(
+        False,
+        description="tell the model the mean colour of each class on each training crop's "
+        "whole source tile, and sample it with the colours of Train tiles of a like class "
+        "mix, so that generated images vary between samples as Train's tiles do; needs "
+        "conditioning concat",
+    )
+
+    @model_validator(mode="after")
+    def _style_needs_concat(self) -> ControlNetConfig:
+        if self.tile_style and self.conditioning != "concat":
+            raise ValueError("tile_style needs conditioning: concat (a ControlNet reads no vector)")
+        return self
 
 
 class BaseTrainConfig(TrainConfig):

@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from pipeline_lib.models.class_mix import is_mix_conditioned
 from pipeline_lib.models.label_condition import condition_channels, label_condition
 from pipeline_lib.models.sd_folder import sd_scale_factor
+from pipeline_lib.models.tile_style import is_style_conditioned
 from pipeline_lib.models.unet_input import is_self_conditioned
 
 
@@ -87,11 +88,13 @@ class _WideInputPipeline(DiffusionPipeline):
 
 
 class LabelConcatPipeline(_WideInputPipeline):
-    """Text + label-map to image; ``unet.config.in_channels`` = latent + class channels."""
+    """Text + label-map (+ a tile style, ``models.tile_style``) to image;
+    ``unet.config.in_channels`` = latent + class channels."""
 
     def __init__(self, vae, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler)
         self._check_input_channels(condition_channels(self.scale_factor), "a concat image model")
+        self.style_conditioned = is_style_conditioned(unet)
 
     @torch.no_grad()
     def __call__(
@@ -102,13 +105,20 @@ class LabelConcatPipeline(_WideInputPipeline):
         guidance_scale: float = 3.0,
         generator: list[torch.Generator] | None = None,
         negative_prompt: list[str] | None = None,
+        style: torch.Tensor | None = None,
     ) -> np.ndarray:
-        """(B, H, W) raw LoveDA masks -> (B, H, W, 3) float images in [0, 1]."""
+        """(B, H, W) raw LoveDA masks -> (B, H, W, 3) float images in [0, 1]; ``style``
+        (B, STYLE_DIM) is required by a style-conditioned model, the unconditional branch
+        sees zeros."""
         masks = np.asarray(masks)
         if masks.ndim != 3 or len(prompt) != len(masks):
             raise ValueError(
                 f"masks must be (B, H, W) with one prompt each; got {masks.shape} "
                 f"for {len(prompt)} prompts"
+            )
+        if self.style_conditioned != (style is not None):
+            raise ValueError(
+                "a style-conditioned image model needs style, and only such a model takes it"
             )
         batch, height, width = masks.shape
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
@@ -118,12 +128,17 @@ class LabelConcatPipeline(_WideInputPipeline):
         cond = cond.to(self.device, self.unet.dtype)
         guided = guidance_scale > 1
         text = self._text(prompt, negative_prompt, guided)
+        if style is not None:
+            style = style.to(self.device, self.unet.dtype)
         if guided:
             cond = torch.cat([torch.zeros_like(cond), cond])
+            style = None if style is None else torch.cat([torch.zeros_like(style), style])
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
-            out = self.unet(torch.cat([model_in, cond], 1), t, encoder_hidden_states=text).sample
+            out = self.unet(
+                torch.cat([model_in, cond], 1), t, encoder_hidden_states=text, class_labels=style
+            ).sample
             if guided:
                 uncond, conditioned = out.chunk(2)
                 out = uncond + guidance_scale * (conditioned - uncond)

@@ -56,6 +56,7 @@ from pipeline_lib.models.sd_folder import (
     load_sd_components,
     sd_scale_factor,
 )
+from pipeline_lib.models.tile_style import StyleBank
 from pipeline_lib.models.unet_input import is_self_conditioned
 from pipeline_lib.precision import cpu_has_bf16
 from pipeline_lib.store.shard_writer import ShardData
@@ -179,6 +180,7 @@ class Generator:
         image_scheduler = scheduler_cls.from_config(parts.scheduler.config)
         self.concat = cn_dir is not None and is_concat_model(cn_dir)
         self.image_pipe: LabelConcatPipeline | StableDiffusionControlNetPipeline | None = None
+        self.style_bank: StyleBank | None = None  # a style-conditioned model's Train tiles
         if self.concat:
             unet = UNet2DConditionModel.from_pretrained(
                 cn_dir, torch_dtype=self.dtype, local_files_only=True
@@ -186,6 +188,8 @@ class Generator:
             self.image_pipe = LabelConcatPipeline(
                 parts.vae, parts.text_encoder, parts.tokenizer, unet, image_scheduler
             )
+            if self.image_pipe.style_conditioned:
+                self.style_bank = StyleBank.load(cn_dir)
         elif cn_dir is not None:
             self.image_pipe = StableDiffusionControlNetPipeline(
                 **shared,
@@ -298,6 +302,9 @@ class Generator:
         gen = self.cfg.generation
         generators = [torch.Generator("cpu").manual_seed(image_seed(d.seed)) for d in draws]
         if self.concat:
+            styles = None
+            if self.style_bank is not None:
+                styles = self.style_bank.pick(masks, [d.seed for d in draws])
             with self.precision():
                 out = self.image_pipe(
                     prompt=[d.prompt for d in draws],
@@ -306,6 +313,7 @@ class Generator:
                     num_inference_steps=gen.image_steps,
                     guidance_scale=gen.image_guidance,
                     generator=generators,
+                    style=styles,
                 )
             return _to_uint8(out)
         control = np.stack([colourise(m) for m in masks]).astype(np.float32) / 255

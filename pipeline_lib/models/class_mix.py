@@ -22,13 +22,11 @@ from diffusers import UNet2DConditionModel
 
 from pipeline_lib.data.classes import NUM_CLASSES, class_fractions
 from pipeline_lib.errors import CheckpointError
-from pipeline_lib.models.unet_input import reconfigured_unet
+from pipeline_lib.models.unet_input import VECTOR_EMBEDDING, vector_conditioned_unet
 
 MIX_BANK = "class_mixes.json"
 # XORed into a draw's seed for the mix it is drawn with: the noise draws stay as they were.
 _MIX_SALT = 0x3A1C5
-# diffusers' class embedding that reads a vector (a linear projection added to the time's).
-_MIX_EMBEDDING = "projection"
 
 
 def class_mix(masks: torch.Tensor) -> torch.Tensor:
@@ -39,28 +37,13 @@ def class_mix(masks: torch.Tensor) -> torch.Tensor:
 
 
 def mix_conditioned_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
-    """``unet`` with a projection class embedding of the class mix, whose output layer is
-    zero so that it starts out computing exactly what ``unet`` does."""
-    conditioned = reconfigured_unet(
-        unet, class_embed_type=_MIX_EMBEDDING, projection_class_embeddings_input_dim=NUM_CLASSES
-    )
-    missing, unexpected = conditioned.load_state_dict(unet.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("class_embedding.") for k in missing):
-        raise CheckpointError(f"the base UNet does not fit a mix-conditioned one: {missing}")
-    with torch.no_grad():
-        conditioned.class_embedding.linear_2.weight.zero_()
-        conditioned.class_embedding.linear_2.bias.zero_()
-    return conditioned
+    """``unet`` reading a class mix too, starting out computing exactly what it did."""
+    return vector_conditioned_unet(unet, NUM_CLASSES)
 
 
 def is_mix_conditioned(unet: UNet2DConditionModel) -> bool:
     """True for a label UNet that reads a class-mix vector."""
-    return unet.config.class_embed_type == _MIX_EMBEDDING
-
-
-def saved_mix_conditioned(folder: Path) -> bool:
-    """True where the UNet saved in ``folder`` reads a class-mix vector (its weights unread)."""
-    return UNet2DConditionModel.load_config(folder).get("class_embed_type") == _MIX_EMBEDDING
+    return unet.config.class_embed_type == VECTOR_EMBEDDING
 
 
 def save_mix_bank(folder: Path, mixes: torch.Tensor) -> None:

@@ -7,8 +7,15 @@ what it draws (a self-conditioned label model).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import UNet2DConditionModel
+
+from pipeline_lib.errors import CheckpointError
+
+# diffusers' class embedding that reads a vector (a linear projection added to the time's).
+VECTOR_EMBEDDING = "projection"
 
 
 def reconfigured_unet(unet: UNet2DConditionModel, **changes) -> UNet2DConditionModel:
@@ -31,6 +38,26 @@ def widened_unet(unet: UNet2DConditionModel, extra: int) -> UNet2DConditionModel
         widened.conv_in.weight[:, : weight.shape[1]] = weight
         widened.conv_in.bias.copy_(state["conv_in.bias"])
     return widened
+
+
+def vector_conditioned_unet(unet: UNet2DConditionModel, dim: int) -> UNet2DConditionModel:
+    """``unet`` reading a ``dim``-vector through a projection class embedding whose output
+    layer is zero, so that it starts out computing exactly what ``unet`` does."""
+    conditioned = reconfigured_unet(
+        unet, class_embed_type=VECTOR_EMBEDDING, projection_class_embeddings_input_dim=dim
+    )
+    missing, unexpected = conditioned.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+        raise CheckpointError(f"the base UNet does not fit a vector-conditioned one: {missing}")
+    with torch.no_grad():
+        conditioned.class_embedding.linear_2.weight.zero_()
+        conditioned.class_embedding.linear_2.bias.zero_()
+    return conditioned
+
+
+def saved_vector_conditioned(folder: Path) -> bool:
+    """True where the UNet saved in ``folder`` reads a vector (its weights unread)."""
+    return UNet2DConditionModel.load_config(folder).get("class_embed_type") == VECTOR_EMBEDDING
 
 
 def is_self_conditioned(unet: UNet2DConditionModel) -> bool:

@@ -31,7 +31,11 @@ from pipeline_lib.models.sd_folder import (
     load_sd_components,
     sd_scale_factor,
 )
-from pipeline_lib.models.unet_input import widened_unet
+from pipeline_lib.models.tile_style import (
+    save_style_bank,
+    style_conditioned_unet,
+)
+from pipeline_lib.models.unet_input import saved_vector_conditioned, widened_unet
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (
@@ -115,17 +119,23 @@ def _image_job(
     cfg: FactoryConfig,
     base: Path,
     accelerator: Accelerator,
+    save_beside: Callable[[Path], None] | None = None,
 ) -> TrainJob:
-    """The job of either image model, saved with save_pretrained in the diffusers layout."""
+    """The job of either image model, saved with save_pretrained in the diffusers layout
+    (and ``save_beside`` writing what sampling it needs beside it)."""
     train = cfg.controlnet
+
+    def save_final(output: Path) -> None:
+        accelerator.unwrap_model(job.model).save_pretrained(output, safe_serialization=True)
+        if save_beside is not None:
+            save_beside(output)
+
     job = TrainJob(
         kind=kind,
         model=model,
         batch=loss.batch,
         loss=step_loss,
-        save_final=lambda out: accelerator.unwrap_model(job.model).save_pretrained(
-            out, safe_serialization=True
-        ),
+        save_final=save_final,
         samples_per_step=effective_batch(train),
         config_hash=train_section_hash(train, training_prompt(cfg)),
         base_model_hash=model_hash(base),
@@ -145,6 +155,12 @@ def _train_concat(
     scale = sd_scale_factor(sd.vae)
     unet = concat_unet(sd.unet, scale)
     start = starting_model(train, "controlnet")
+    if start is not None and train.tile_style and not saved_vector_conditioned(start):
+        # An image model trained without styles goes on with them: the style's embedding
+        # starts silent, so training starts from what that model draws.
+        unet, start = continued_unet(start, unet, "controlnet"), None
+    if train.tile_style:
+        unet = style_conditioned_unet(unet)
     if start is not None:
         unet = continued_unet(start, unet, "controlnet")
     for frozen in (sd.vae, sd.text_encoder):
@@ -155,12 +171,26 @@ def _train_concat(
     def step_loss(batch: Batch, step: int, micro: int) -> torch.Tensor:
         noisy, t, text, target = loss.inputs(batch)
         cond = label_condition(batch.mask, scale).to(accelerator.device, noisy.dtype)
-        cond = cond * batch.keep_prompt.to(accelerator.device)[:, None, None, None]
+        keep = batch.keep_prompt.to(accelerator.device)
+        cond = cond * keep[:, None, None, None]
+        style = None
+        if train.tile_style:
+            # Dropped with the label: the unconditional branch of guidance sees no style.
+            style = torch.stack([loss.sampler.tile_style(int(i)) for i in batch.tile])
+            style = style.to(accelerator.device) * keep[:, None]
         with accelerator.autocast():
-            prediction = job.model(torch.cat([noisy, cond], 1), t, encoder_hidden_states=text)
+            prediction = job.model(
+                torch.cat([noisy, cond], 1), t, encoder_hidden_states=text, class_labels=style
+            )
         return loss.mse(prediction.sample, target)
 
-    job = _image_job("image-concat", unet, loss, step_loss, cfg, base, accelerator)
+    def save_style_bank_of(output: Path) -> None:
+        tiles = range(len(loss.sampler))
+        mixes = torch.stack([loss.sampler.tile_mix(i) for i in tiles])
+        save_style_bank(output, mixes, torch.stack([loss.sampler.tile_style(i) for i in tiles]))
+
+    extra = save_style_bank_of if train.tile_style else None
+    job = _image_job("image-concat", unet, loss, step_loss, cfg, base, accelerator, extra)
     return run_training(
         job, train, accelerator, resume=resume, max_steps=max_steps, progress=progress
     )

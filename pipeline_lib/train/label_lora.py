@@ -23,12 +23,11 @@ from pipeline_lib.models.class_mix import (
     class_mix,
     mix_conditioned_unet,
     save_mix_bank,
-    saved_mix_conditioned,
 )
 from pipeline_lib.models.label_colours import check_label_colours, save_label_colours
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import load_sd_components
-from pipeline_lib.models.unet_input import widened_unet
+from pipeline_lib.models.unet_input import saved_vector_conditioned, widened_unet
 from pipeline_lib.train.objective import DiffusionLoss, training_prompt
 from pipeline_lib.train.pair_sampler import Batch
 from pipeline_lib.train.resumable import (
@@ -111,7 +110,7 @@ def train_label_lora(
     start = starting_model(lora, "label_lora")
     if start is not None:
         check_label_colours(start, lora.colours, "label_lora.init_from")
-    if start is not None and lora.class_mix and not saved_mix_conditioned(start):
+    if start is not None and lora.class_mix and not saved_vector_conditioned(start):
         # A label model trained without the mix goes on with it: the mix's embedding starts
         # silent, so training starts from what that model draws.
         sd.unet, start = continued_unet(start, sd.unet, "label_lora"), None

@@ -18,6 +18,7 @@ from pipeline_lib.data.classes import PALETTE, class_fractions
 from pipeline_lib.data.loveda import Tile, labelled_tiles, read_image, read_mask
 from pipeline_lib.data.palette import colourise
 from pipeline_lib.errors import DataError
+from pipeline_lib.models.tile_style import tile_style
 
 TRAIN_SPLIT = "Train"
 CACHE_BYTES = 1 << 30
@@ -28,7 +29,8 @@ class Batch:
     """``label``: colourised masks in [0, 1]; ``image``: aerial images in [-1, 1] (B,3,H,W).
 
     ``mask``: the raw LoveDA values of the same crops (B,H,W) int64; ``tile_mix``: the
-    class shares of each crop's whole source tile (B, classes);
+    class shares of each crop's whole source tile (B, classes); ``tile``: the index of
+    each crop's source tile among the sampler's tiles (B,);
     ``keep_prompt`` is False where the prompt (and a concatenated condition) is dropped,
     for classifier-free guidance; ``seeds`` seed each sample's diffusion noise.
     """
@@ -39,6 +41,7 @@ class Batch:
     seeds: torch.Tensor
     mask: torch.Tensor
     tile_mix: torch.Tensor
+    tile: torch.Tensor
 
 
 def train_tiles(root: str | Path) -> list[Tile]:
@@ -78,6 +81,7 @@ class PairSampler:
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._tile_mixes: dict[int, torch.Tensor] = {}
+        self._tile_styles: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -106,6 +110,7 @@ class PairSampler:
             torch.tensor(seeds),
             torch.stack(masks),
             torch.stack([self.tile_mix(tile) for tile in tiles]),
+            torch.tensor(tiles),
         )
 
     def tile_mix(self, index: int) -> torch.Tensor:
@@ -114,6 +119,15 @@ class PairSampler:
             shares = class_fractions(self._read(index)[0]).values()
             self._tile_mixes[index] = torch.tensor(list(shares), dtype=torch.float32)
         return self._tile_mixes[index]
+
+    def tile_style(self, index: int) -> torch.Tensor:
+        """The mean colour of each class on Train tile ``index`` (``models.tile_style``)."""
+        if index not in self._tile_styles:
+            mask, image = self._read(index)
+            if image is None:
+                raise DataError("a tile style needs the images: sample with_images=True")
+            self._tile_styles[index] = tile_style(mask, image)
+        return self._tile_styles[index]
 
     def _crop_side(self, rng: np.random.Generator, side: int) -> int:
         if self.crop_scale is not None:
