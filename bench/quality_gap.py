@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             [[row, samples[row], *miou[row], means[row]] for row in rows],
         )
     )
-    print(format_table(["what it costs", "mIoU lost"], steps))
+    if steps:  # only where two rows of a step were trained
+        print(format_table(["what it costs", "mIoU lost"], steps))
     spread = {row: colour_spread(sources[row]) for row in ("Ori. crops", "rendered") if row in rows}
     if spread:
         classes = list(next(iter(spread.values())))
