@@ -18,11 +18,9 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from pipeline_lib.models.class_mix import is_mix_conditioned
 from pipeline_lib.models.label_condition import condition_channels, label_condition
 from pipeline_lib.models.sd_folder import sd_scale_factor
-from pipeline_lib.models.tile_style import is_style_conditioned
-from pipeline_lib.models.unet_input import is_self_conditioned
+from pipeline_lib.models.unet_input import is_self_conditioned, is_vector_conditioned
 
 
 class _WideInputPipeline(DiffusionPipeline):
@@ -94,7 +92,7 @@ class LabelConcatPipeline(_WideInputPipeline):
     def __init__(self, vae, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler)
         self._check_input_channels(condition_channels(self.scale_factor), "a concat image model")
-        self.style_conditioned = is_style_conditioned(unet)
+        self.style_conditioned = is_vector_conditioned(unet)
 
     @torch.no_grad()
     def __call__(
@@ -156,7 +154,7 @@ class LabelPipeline(_WideInputPipeline):
         self.self_conditioned = is_self_conditioned(unet)
         extra = self.latent_channels if self.self_conditioned else 0
         self._check_input_channels(extra, "a label model")
-        self.mix_conditioned = is_mix_conditioned(unet)
+        self.mix_conditioned = is_vector_conditioned(unet)
 
     @torch.no_grad()
     def __call__(

@@ -47,7 +47,7 @@ from pipeline_lib.generate.selection import (
 )
 from pipeline_lib.generate.time_shift import shifted_timesteps
 from pipeline_lib.generate.windows import WindowedUNet
-from pipeline_lib.models.class_mix import draw_mixes, is_mix_conditioned, load_mix_bank
+from pipeline_lib.models.class_mix import draw_mixes, load_mix_bank
 from pipeline_lib.models.label_colours import check_label_colours
 from pipeline_lib.models.model_hash import model_hash
 from pipeline_lib.models.sd_folder import (
@@ -57,7 +57,7 @@ from pipeline_lib.models.sd_folder import (
     sd_scale_factor,
 )
 from pipeline_lib.models.tile_style import StyleBank
-from pipeline_lib.models.unet_input import is_self_conditioned
+from pipeline_lib.models.unet_input import is_self_conditioned, is_vector_conditioned
 from pipeline_lib.precision import cpu_has_bf16
 from pipeline_lib.store.shard_writer import ShardData
 from pipeline_lib.store.store import SampleStore
@@ -163,7 +163,7 @@ class Generator:
             label_unet = UNet2DConditionModel.from_pretrained(
                 lora, torch_dtype=self.dtype, local_files_only=True
             )
-            if is_mix_conditioned(label_unet):
+            if is_vector_conditioned(label_unet):
                 self.mix_bank = load_mix_bank(lora)
             if is_self_conditioned(label_unet) or self.mix_bank is not None:
                 self.label_pipe = LabelPipeline(

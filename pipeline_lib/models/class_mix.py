@@ -22,7 +22,7 @@ from diffusers import UNet2DConditionModel
 
 from pipeline_lib.data.classes import NUM_CLASSES, class_fractions
 from pipeline_lib.errors import CheckpointError
-from pipeline_lib.models.unet_input import VECTOR_EMBEDDING, vector_conditioned_unet
+from pipeline_lib.models.unet_input import vector_conditioned_unet
 
 MIX_BANK = "class_mixes.json"
 # XORed into a draw's seed for the mix it is drawn with: the noise draws stay as they were.
@@ -39,11 +39,6 @@ def class_mix(masks: torch.Tensor) -> torch.Tensor:
 def mix_conditioned_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """``unet`` reading a class mix too, starting out computing exactly what it did."""
     return vector_conditioned_unet(unet, NUM_CLASSES)
-
-
-def is_mix_conditioned(unet: UNet2DConditionModel) -> bool:
-    """True for a label UNet that reads a class-mix vector."""
-    return unet.config.class_embed_type == VECTOR_EMBEDDING
 
 
 def save_mix_bank(folder: Path, mixes: torch.Tensor) -> None:

@@ -24,7 +24,7 @@ from diffusers import UNet2DConditionModel
 
 from pipeline_lib.data.classes import CLASSES, MAX_VALUE, NO_DATA, NUM_CLASSES, class_fractions
 from pipeline_lib.errors import CheckpointError
-from pipeline_lib.models.unet_input import VECTOR_EMBEDDING, vector_conditioned_unet
+from pipeline_lib.models.unet_input import vector_conditioned_unet
 
 STYLE_BANK = "tile_styles.json"
 STYLE_DIM = 3 * NUM_CLASSES
@@ -51,11 +51,6 @@ def tile_style(mask: np.ndarray, image: np.ndarray) -> torch.Tensor:
 def style_conditioned_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """``unet`` reading a tile style too, starting out computing exactly what it did."""
     return vector_conditioned_unet(unet, STYLE_DIM)
-
-
-def is_style_conditioned(unet: UNet2DConditionModel) -> bool:
-    """True for an image UNet that reads a tile-style vector."""
-    return unet.config.class_embed_type == VECTOR_EMBEDDING
 
 
 def save_style_bank(folder: Path, mixes: torch.Tensor, styles: torch.Tensor) -> None:

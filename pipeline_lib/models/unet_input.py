@@ -55,6 +55,12 @@ def vector_conditioned_unet(unet: UNet2DConditionModel, dim: int) -> UNet2DCondi
     return conditioned
 
 
+def is_vector_conditioned(unet: UNet2DConditionModel) -> bool:
+    """True for a UNet that reads a vector: a label model's class mix, an image model's
+    tile style (which of the two, the model's role says)."""
+    return unet.config.class_embed_type == VECTOR_EMBEDDING
+
+
 def saved_vector_conditioned(folder: Path) -> bool:
     """True where the UNet saved in ``folder`` reads a vector (its weights unread)."""
     return UNet2DConditionModel.load_config(folder).get("class_embed_type") == VECTOR_EMBEDDING
