@@ -153,7 +153,7 @@ class GeneratorTrainConfig(TrainConfig):
 
 
 class LabelLoraConfig(GeneratorTrainConfig):
-    _later_fields: ClassVar[tuple[str, ...]] = ("init_from", "class_mix", "mix_of")
+    _later_fields: ClassVar[tuple[str, ...]] = ("init_from", "class_mix", "mix_of", "soft_edges")
 
     method: Literal["lora", "full"] = Field(
         "lora",
@@ -181,6 +181,14 @@ class LabelLoraConfig(GeneratorTrainConfig):
         description="whose shares the mix is: the training crop's own, or its whole source "
         "tile's (the scene: every window of a sample drawn in windows shares it, and the "
         "generator samples with Train tiles' mixes)",
+    )
+    soft_edges: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="this share of training crops is noised from the label blurred by one "
+        "pixel while the target stays the sharp label, so that the model learns to sharpen "
+        "the soft edges a sampling trajectory carries (bench.label_sharpness)",
     )
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)

@@ -414,3 +414,51 @@ def test_init_from_a_label_lora_is_refused_by_name():
 
     with pytest.raises(ValueError, match="init_from needs method: full"):
         LabelLoraConfig(init_from="somewhere")
+
+
+def test_soft_edge_crops_are_noised_blurred_and_aimed_at_the_sharp_label(tmp_path, blocky):
+    from pipeline_lib.config import LabelLoraConfig
+    from pipeline_lib.models.sd_folder import load_sd_components
+    from pipeline_lib.train.objective import DiffusionLoss, soft_edges
+    from pipeline_lib.train.resumable import train_section_hash
+
+    pixel_base = init_models(tmp_path / "sd", "tiny-pixel", seed=0)
+    sd = load_sd_components(pixel_base)
+
+    def loss_with(share):
+        lora = small(method="full", colours="bits", soft_edges=share)
+        cfg = make_config(tmp_path, pixel_base, blocky, label_lora=lora)
+        return DiffusionLoss.for_training(
+            cfg, cfg.label_lora, sd, torch.device("cpu"), torch.float32, use_label=True
+        )
+
+    plain, soft = loss_with(0.0), loss_with(1.0)
+    batch = plain.batch(0, 0)
+    noisy, t, _, target = plain.inputs(batch)
+    soft_noisy, soft_t, _, soft_target = soft.inputs(batch)
+    assert torch.equal(t, soft_t)
+    scale = sd.vae.config.scaling_factor
+    sharp = sd.vae.encode(batch.label * 2 - 1).latent_dist.mean * scale
+    blurred = sd.vae.encode(soft_edges(batch.label * 2 - 1)).latent_dist.mean * scale
+    alpha = plain._alphas(t, noisy)
+    # The soft crop is the same noise on the blurred label (16 px blocks: edges to soften)...
+    assert torch.allclose(soft_noisy - noisy, alpha.sqrt() * (blurred - sharp), atol=1e-5)
+    assert not torch.allclose(soft_noisy, noisy)
+    # ...and both targets lead the model's clean estimate to the sharp label.
+    assert torch.allclose(plain.predicted_sample(noisy, t, target), sharp, atol=1e-3)
+    assert torch.allclose(soft.predicted_sample(soft_noisy, t, soft_target), sharp, atol=1e-3)
+    # A soft crop's loss is damped below sigma 0.3 only; plain crops keep weight 1.
+    low, high = torch.tensor([10, 10]), torch.tensor([900, 900])
+    assert torch.equal(plain.sample_weights(batch, low), torch.ones(2))
+    assert (soft.sample_weights(batch, low) < 0.1).all()
+    assert torch.equal(soft.sample_weights(batch, high), torch.ones(2))
+    # Off, the section hashes as before the field existed; on, it is another run.
+    full = LabelLoraConfig(method="full", colours="bits", steps=6000)
+    assert train_section_hash(full, "a prompt") == "0bb30fda36a9cdc8"
+    assert train_section_hash(full.model_copy(update={"soft_edges": 0.25}), "a prompt") != (
+        "0bb30fda36a9cdc8"
+    )
+    # Training takes the weighted loss and saves a model.
+    lora = small(method="full", colours="bits", soft_edges=0.5, steps=2)
+    summary = train_label_lora(make_config(tmp_path, pixel_base, blocky, label_lora=lora))
+    assert summary.complete and np.isfinite(summary.final_loss)

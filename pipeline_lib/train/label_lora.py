@@ -138,7 +138,8 @@ def train_label_lora(
             noisy = torch.cat([noisy, self_condition_input(batch, noisy, t, text, mix)], 1)
         with accelerator.autocast():
             prediction = job.model(noisy, t, encoder_hidden_states=text, class_labels=mix).sample
-        return loss.mse(prediction, target)
+        weights = loss.sample_weights(batch, t) if lora.soft_edges else None
+        return loss.mse(prediction, target, weights)
 
     def self_condition_input(
         batch: Batch,
