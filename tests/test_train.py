@@ -198,9 +198,9 @@ def test_a_diverging_loss_stops_training_and_keeps_the_checkpoint_before_it(
     calls = []
     mse = DiffusionLoss.mse
 
-    def spiking(prediction, target):  # from step 13 on, as a bf16 blow-up looks
+    def spiking(prediction, target, weights=None):  # from step 13 on, as a bf16 blow-up looks
         calls.append(1)
-        return mse(prediction, target) * (spike if len(calls) > 12 else 1.0)
+        return mse(prediction, target, weights) * (spike if len(calls) > 12 else 1.0)
 
     monkeypatch.setattr(DiffusionLoss, "mse", staticmethod(spiking))
     cfg = make_config(tmp_path, base, blocky, label_lora=small(steps=30, checkpoint_every=6))
