@@ -71,3 +71,27 @@ def generator_config(
         },
         "store": {"shard_size": shard_size},
     }
+
+
+def trained_label_model_config(tmp_path: Path, colours: str, **generation) -> Path:
+    """A YAML config whose tiny-pixel label model (full fine-tune, 2 steps, on two synthetic
+    64 px tiles) is trained: what the label benchmarks read."""
+    import yaml
+
+    from pipeline_lib.config import load_config
+    from pipeline_lib.data.synth import make_synthetic_loveda
+    from pipeline_lib.train import train_label_lora
+
+    make_synthetic_loveda(tmp_path / "synth", tiles=2, size=64, seed=2)
+    train = {"steps": 2, "batch_size": 2, "resolution": 32, "checkpoint_every": 2}
+    raw = {
+        "work_dir": str(tmp_path / "work"),
+        "data": {"root": str(tmp_path / "synth")},
+        "models": {"preset": "tiny-pixel"},
+        "label_lora": {**train, "method": "full", "colours": colours},
+        "generation": {"resolution": 32, "batch_size": 2, **generation},
+    }
+    config = tmp_path / "factory.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    train_label_lora(load_config(config), progress=False)
+    return config

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from factory_configs import trained_label_model_config
 
 from pipeline_lib.data.classes import CLASS_NAMES
-from pipeline_lib.data.synth import make_synthetic_loveda
 
 # bench/ sits beside the package, not in it: import it from the checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,21 +19,7 @@ from bench import label_sampling  # noqa: E402
 
 @pytest.mark.slow
 def test_each_sampler_setting_gets_one_row_of_label_fidelity(tmp_path, one_torch_thread, capsys):
-    from pipeline_lib.config import load_config
-    from pipeline_lib.train import train_label_lora
-
-    make_synthetic_loveda(tmp_path / "synth", tiles=2, size=64, seed=2)
-    train = {"steps": 2, "batch_size": 2, "resolution": 32, "checkpoint_every": 2}
-    raw = {
-        "work_dir": str(tmp_path / "work"),
-        "data": {"root": str(tmp_path / "synth")},
-        "models": {"preset": "tiny-pixel"},
-        "label_lora": {**train, "method": "full", "colours": "bits"},
-        "generation": {"resolution": 32, "batch_size": 2, "label_scheduler": "ddpm"},
-    }
-    config = tmp_path / "factory.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    train_label_lora(load_config(config), progress=False)
+    config = trained_label_model_config(tmp_path, "bits", label_scheduler="ddpm")
     out = tmp_path / "label_sampling.json"
     settings = ["--samples", "2", "--steps", "1", "2", "--guidance", "1", "--threads", "1"]
     shifts = ["--time-shifts", "0", "10", "--shift-below", "500", "1000"]

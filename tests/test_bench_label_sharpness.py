@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from factory_configs import trained_label_model_config
 
 from pipeline_lib.data.classes import LABEL_COLOURS
 from pipeline_lib.data.palette import colourise
-from pipeline_lib.data.synth import make_synthetic_loveda
 from pipeline_lib.train.objective import soft_edges
 
 # bench/ sits beside the package, not in it: import it from the checkout.
@@ -50,21 +49,7 @@ def test_a_flipped_pixel_is_wrong_but_on_the_code():
 
 @pytest.mark.slow
 def test_one_row_of_estimate_scores_per_timestep(tmp_path, one_torch_thread, capsys):
-    from pipeline_lib.config import load_config
-    from pipeline_lib.train import train_label_lora
-
-    make_synthetic_loveda(tmp_path / "synth", tiles=2, size=64, seed=2)
-    train = {"steps": 2, "batch_size": 2, "resolution": 32, "checkpoint_every": 2}
-    raw = {
-        "work_dir": str(tmp_path / "work"),
-        "data": {"root": str(tmp_path / "synth")},
-        "models": {"preset": "tiny-pixel"},
-        "label_lora": {**train, "method": "full", "colours": "balanced-bits"},
-        "generation": {"resolution": 32, "batch_size": 2},
-    }
-    config = tmp_path / "factory.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    train_label_lora(load_config(config), progress=False)
+    config = trained_label_model_config(tmp_path, "balanced-bits")
     out = tmp_path / "label_sharpness.json"
     label_sharpness.main([str(config), "--crops", "3", "--threads", "1", "--out", str(out)])
     payload = json.loads(out.read_text())
