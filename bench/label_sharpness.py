@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline_lib.data.palette import colourise
     from pipeline_lib.generate.sampler import Generator
     from pipeline_lib.models.class_mix import class_mix
-    from pipeline_lib.train.objective import soft_edges
+    from pipeline_lib.models.unet_input import is_self_conditioned, is_vector_conditioned
+    from pipeline_lib.train.objective import encode_prompts, soft_edges
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -90,9 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     tolerance = cfg.generation.qa.palette_tolerance / 127.5
     code = torch.from_numpy(colours.astype(np.float32) / 127.5 - 1)
 
-    prompt = pipe._encode([generator.draw(0, 0).prompt] * len(crops))
+    # Either label pipeline (diffusers' for a plain label model, ours for a widened or
+    # mix-conditioned one) holds the tokenizer and text encoder training encodes with.
+    text = [generator.draw(0, 0).prompt] * len(crops)
+    prompt = encode_prompts(pipe, text, unet.device, unet.dtype)
     masks = torch.from_numpy(tiles if cfg.label_lora.mix_of == "tile" else crops).long()
-    mix = class_mix(masks) if pipe.mix_conditioned else None
+    mix = class_mix(masks) if is_vector_conditioned(unet) else None
     noise = torch.randn(
         (len(crops), unet.config.out_channels, *vae.encode(sharp[:1]).latent_dist.mean.shape[2:]),
         generator=torch.Generator().manual_seed(args.seed),
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         steps = torch.full((len(crops),), t)
         noisy = scheduler.add_noise(clean, noise, steps)
         model_in = scheduler.scale_model_input(noisy, t)
-        if pipe.self_conditioned:
+        if is_self_conditioned(unet):
             model_in = torch.cat([model_in, torch.zeros_like(noisy)], 1)
         out = unet(model_in, steps, encoder_hidden_states=prompt, class_labels=mix).sample
         alpha = scheduler.alphas_cumprod[t]
