@@ -97,13 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     prompt = encode_prompts(pipe, text, unet.device, unet.dtype)
     masks = torch.from_numpy(tiles if cfg.label_lora.mix_of == "tile" else crops).long()
     mix = class_mix(masks) if is_vector_conditioned(unet) else None
-    noise = torch.randn(
-        (len(crops), unet.config.out_channels, *vae.encode(sharp[:1]).latent_dist.mean.shape[2:]),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    soft = soft_edges(sharp)
+    # Each input encoded once; every timestep noises it with the same seeded draw.
+    with torch.no_grad():
+        latents = {
+            "sharp": vae.encode(sharp).latent_dist.mean * vae.config.scaling_factor,
+            "blurred": vae.encode(soft).latent_dist.mean * vae.config.scaling_factor,
+        }
+    noise = torch.randn(latents["sharp"].shape, generator=torch.Generator().manual_seed(args.seed))
 
-    def estimate(pixels: torch.Tensor, t: int) -> torch.Tensor:
-        clean = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    def estimate(clean: torch.Tensor, t: int) -> torch.Tensor:
         steps = torch.full((len(crops),), t)
         noisy = scheduler.add_noise(clean, noise, steps)
         model_in = scheduler.scale_model_input(noisy, t)
@@ -117,12 +120,15 @@ def main(argv: list[str] | None = None) -> None:
             x0 = (noisy - (1 - alpha).sqrt() * out) / alpha.sqrt()
         return vae.decode(x0 / vae.config.scaling_factor).sample.clamp(-1, 1)
 
-    soft = soft_edges(sharp)
     rows = []
     with torch.no_grad():
         for t in TIMESTEPS:
-            sharp_off, sharp_wrong = code_scores(estimate(sharp, t), sharp, code, tolerance)
-            soft_off, soft_wrong = code_scores(estimate(soft, t), sharp, code, tolerance)
+            sharp_off, sharp_wrong = code_scores(
+                estimate(latents["sharp"], t), sharp, code, tolerance
+            )
+            soft_off, soft_wrong = code_scores(
+                estimate(latents["blurred"], t), sharp, code, tolerance
+            )
             sigma = float((1 - scheduler.alphas_cumprod[t]).sqrt())
             rows.append(
                 {
